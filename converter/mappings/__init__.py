@@ -1,0 +1,1 @@
+"""Per-family rule tables mapping PyTorch state-dict names to TensorFlow variables (see converter/)."""

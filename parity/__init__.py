@@ -1,0 +1,1 @@
+"""Differential testing of the PyTorch reference against the converted TensorFlow model."""

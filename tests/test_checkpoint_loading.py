@@ -1,0 +1,198 @@
+"""Loading original-format checkpoints: every format and naming era, strictness, and untrusted pickles."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from conftest import mfport_command
+from safetensors.numpy import save_file
+
+from converter.checkpoint_io import CheckpointError, read_checkpoint
+from converter.naming import to_live
+from torch_reference.loading import CheckpointMismatchError, load_maskformer
+from torch_reference.presets import PRESETS
+from torch_reference.synthetic_images import synthetic_images
+
+
+def _input() -> list[torch.Tensor]:
+    return list(torch.from_numpy(synthetic_images(5, 1, 70, 90)).permute(0, 3, 1, 2).float())
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*mfport_command(), *args], capture_output=True, text=True, timeout=300)
+
+
+def _assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
+    assert result.returncode == 1, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def test_released_live_pth_and_safetensors_give_identical_models(seeded_checkpoint, tmp_path):
+    released_path = seeded_checkpoint("r50_ade20k")
+    released = read_checkpoint(released_path).tensors
+    assert any(k.startswith("sem_seg_head.adapter_1.") for k in released)
+    live = {to_live(k): v for k, v in released.items()}
+
+    live_pkl = tmp_path / "live.pkl"
+    with open(live_pkl, "wb") as f:
+        pickle.dump({"model": live, "__author__": "test"}, f)
+    pth_wrapped = tmp_path / "wrapped.pth"
+    torch.save({"model": {k: torch.from_numpy(v) for k, v in live.items()}, "iteration": 3}, pth_wrapped)
+    pth_plain = tmp_path / "plain.pt"
+    torch.save({k: torch.from_numpy(v) for k, v in live.items()}, pth_plain)
+    st = tmp_path / "model.safetensors"
+    save_file(released, str(st))
+
+    reference, ckpt = load_maskformer(released_path)
+    assert ckpt.format == "detectron2-pkl" and reference.preset.name == "r50_ade20k"
+    expected_state = reference.state_dict()
+    images = _input()
+    with torch.no_grad():
+        expected_logits = reference(images)["pred_logits"]
+    for path, fmt in [(live_pkl, "detectron2-pkl"), (pth_wrapped, "torch"), (pth_plain, "torch"),
+                      (st, "safetensors")]:
+        model, loaded = load_maskformer(path)
+        assert loaded.format == fmt
+        for key, value in model.state_dict().items():
+            assert torch.equal(value, expected_state[key]), (path, key)
+        with torch.no_grad():
+            assert torch.equal(model(images)["pred_logits"], expected_logits)
+
+
+def test_fp16_checkpoint_is_read_and_cast(seeded_checkpoint, tmp_path):
+    tensors = read_checkpoint(seeded_checkpoint("r50_ade20k")).tensors
+    half = {k: v.astype(np.float16) for k, v in tensors.items()}
+    path = tmp_path / "half.safetensors"
+    save_file(half, str(path))
+    model, _ = load_maskformer(path)
+    key = "sem_seg_head.predictor.class_embed.weight"
+    assert torch.equal(model.state_dict()[key], torch.from_numpy(half[key].astype(np.float32)))
+
+
+def test_checkpoint_of_another_preset_is_refused(seeded_checkpoint):
+    path = seeded_checkpoint("r50_6enc_coco_panoptic")
+    with pytest.raises(CheckpointMismatchError) as info:
+        load_maskformer(path, PRESETS["r50_ade20k"])
+    message = str(info.value)
+    assert "\n" not in message
+    assert "r50_ade20k" in message and "looks like preset 'r50_6enc_coco_panoptic'" in message
+    # The full report names every differing key.
+    report = info.value.report
+    assert "unexpected  sem_seg_head.pixel_decoder.transformer.encoder.layers.5.norm2.bias" in report
+    assert "missing     sem_seg_head.predictor.input_proj.weight" in report
+    assert "mis-shaped  sem_seg_head.predictor.class_embed.weight: (134, 256) vs expected (151, 256)" in report
+    result = _run_cli("-v", "inspect", str(path))
+    assert result.returncode == 0
+
+
+def test_missing_unexpected_and_misshaped_keys_are_named(seeded_checkpoint, tmp_path):
+    tensors = dict(read_checkpoint(seeded_checkpoint("r50_ade20k")).tensors)
+    del tensors["backbone.res3.1.conv2.weight"]
+    tensors["backbone.res3.1.conv2.weigth"] = np.zeros((128, 128, 3, 3), np.float32)  # a typo'd name
+    tensors["sem_seg_head.layer_1.weight"] = np.zeros((256, 256, 1, 1), np.float32)
+    path = tmp_path / "broken.safetensors"
+    save_file(tensors, str(path))
+    with pytest.raises(CheckpointMismatchError) as info:
+        load_maskformer(path, PRESETS["r50_ade20k"])
+    report = info.value.report
+    assert ("missing     backbone.res3.1.conv2.weight   (closest in file: backbone.res3.1.conv2.weigth)"
+            in report)
+    assert "unexpected  backbone.res3.1.conv2.weigth   (closest expected: backbone.res3.1.conv2.weight)" in report
+    assert ("mis-shaped  sem_seg_head.pixel_decoder.layer_1.weight: (256, 256, 1, 1) vs expected (256, 256, 3, 3)"
+            in report)
+
+
+def test_mixed_naming_is_refused(seeded_checkpoint, tmp_path):
+    tensors = dict(read_checkpoint(seeded_checkpoint("r50_ade20k")).tensors)
+    tensors["sem_seg_head.pixel_decoder.layer_1.weight"] = tensors.pop("sem_seg_head.layer_1.weight")
+    path = tmp_path / "mixed.safetensors"
+    save_file(tensors, str(path))
+    with pytest.raises(CheckpointError, match="mixes released"):
+        load_maskformer(path)
+
+
+@pytest.mark.parametrize("suffix", [".pkl", ".pth", ".safetensors"])
+def test_truncated_file_gives_one_line_error(seeded_checkpoint, tmp_path, suffix):
+    source = seeded_checkpoint("r50_ade20k")
+    if suffix == ".pth":
+        full = tmp_path / "full.pth"
+        torch.save({k: torch.from_numpy(v) for k, v in read_checkpoint(source).tensors.items()}, full)
+    elif suffix == ".safetensors":
+        full = tmp_path / "full.safetensors"
+        save_file(read_checkpoint(source).tensors, str(full))
+    else:
+        full = source
+    data = full.read_bytes()
+    truncated = tmp_path / f"truncated{suffix}"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        read_checkpoint(truncated)
+    _assert_one_line_error(_run_cli("inspect", str(truncated)), str(truncated), "truncated or corrupt")
+
+
+def test_non_checkpoint_files_are_named(tmp_path):
+    text = tmp_path / "notes.pkl"
+    text.write_text("these are not weights\n")
+    _assert_one_line_error(_run_cli("inspect", str(text)), str(text), "not a checkpoint")
+    listing = tmp_path / "list.pkl"
+    listing.write_bytes(pickle.dumps([1, 2, 3]))
+    _assert_one_line_error(_run_cli("inspect", str(listing)), "top level is list")
+    _assert_one_line_error(_run_cli("inspect", str(tmp_path / "absent.pkl")), "no such file")
+
+
+class _Payload:
+    """Unpickling this runs `touch MARKER` through os.system, if the reader lets it."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickle_that_runs_a_command_never_runs(tmp_path):
+    marker = tmp_path / "payload_ran"
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(pickle.dumps({"model": {"backbone.stem.conv1.weight": _Payload(str(marker))}}))
+    # Sanity: an unrestricted pickle.load would run it.
+    pickle.loads(evil.read_bytes())
+    assert marker.exists()
+    marker.unlink()
+
+    with pytest.raises(CheckpointError, match="refused to load global"):
+        read_checkpoint(evil)
+    _assert_one_line_error(_run_cli("inspect", str(evil)), str(evil), "unsafe pickle, nothing executed")
+    assert not marker.exists()
+
+
+def test_torch_file_that_runs_a_command_never_runs(tmp_path):
+    marker = tmp_path / "payload_ran"
+    evil = tmp_path / "evil.pth"
+    torch.save({"model": {"x": _Payload(str(marker))}}, evil)
+    assert not marker.exists()
+    with pytest.raises(CheckpointError, match="weights_only"):
+        read_checkpoint(evil)
+    _assert_one_line_error(_run_cli("inspect", str(evil)), str(evil), "refused by torch.load")
+    assert not marker.exists()
+
+
+def test_numpy_1x_module_names_are_accepted():
+    # A pickle written under numpy 1.x names numpy.core.multiarray._reconstruct; rewrite ours that way.
+    from converter.checkpoint_io import safe_unpickle
+
+    array = np.arange(6, dtype=np.float32).reshape(2, 3)
+    data = pickle.dumps({"model": {"w": array}}, protocol=2)
+    for new in (b"numpy.core.multiarray", b"numpy._core.multiarray"):
+        patched = data.replace(b"numpy._core.multiarray", new).replace(b"numpy.core.multiarray", new)
+        assert new in patched
+        loaded = safe_unpickle(patched)
+        np.testing.assert_array_equal(loaded["model"]["w"], array)

@@ -1,0 +1,1 @@
+"""TensorFlow (tf_keras) MaskFormer laid out as a Model Garden project."""
