@@ -1,0 +1,159 @@
+"""The engine behind the mapping registry: PyTorch state dict <-> TF variable values, with accounting.
+
+Both directions read the same rule tables (converter/mappings). Every source tensor is consumed exactly
+once and every TF variable assigned exactly once, or a ConversionError names each missing, unexpected
+and mis-shaped key (with the closest name).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+import zlib
+
+import numpy as np
+
+from converter.checkpoint_io import CheckpointError
+from converter.mappings import DERIVED, FAMILIES
+from converter.naming import KeyMismatch, compare_keys
+from converter.rules import Rule
+from torch_reference.presets import MaskFormerPreset
+
+
+class ConversionError(CheckpointError):
+    """Accounting failed; str() is one line, `.report` names every key."""
+
+    def __init__(self, message: str, report: str, mismatch: KeyMismatch | None = None) -> None:
+        super().__init__(message)
+        self.report = report
+        self.mismatch = mismatch
+
+
+@dataclasses.dataclass
+class TensorRecord:
+    """One source tensor's journey, as written to manifest.json."""
+
+    source_key: str
+    family: str
+    tf_variables: list[str]
+    transform: str
+    source_shape: list[int]
+    tf_shapes: list[list[int]]
+    source_dtype: str
+    crc32: str  # of the float32 source bytes
+
+
+@functools.cache
+def _compiled() -> list[tuple[str, Rule, re.Pattern[str], list[re.Pattern[str]]]]:
+    return [(family, rule, rule.source_regex, rule.target_regexes())
+            for family, rules in FAMILIES.items() for rule in rules]
+
+
+def match_source(key: str) -> tuple[str, Rule, dict[str, str]] | None:
+    for family, rule, regex, _ in _compiled():
+        if match := regex.match(key):
+            return family, rule, match.groupdict()
+    return None
+
+
+def match_target(name: str) -> tuple[str, Rule, dict[str, str], int] | None:
+    for family, rule, _, regexes in _compiled():
+        for index, regex in enumerate(regexes):
+            if match := regex.match(name):
+                return family, rule, match.groupdict(), index
+    return None
+
+
+def tf_variable_path(variable_name: str) -> str:
+    """'maskformer/backbone/res3/0/conv2/kernel:0' -> 'backbone/res3/0/conv2/kernel'."""
+    name = variable_name.split(":")[0]
+    return name.split("/", 1)[1] if name.startswith("maskformer/") else name
+
+
+def expected_source_shapes(tf_shapes: dict[str, tuple[int, ...]], preset: MaskFormerPreset
+                           ) -> dict[str, tuple[int, ...]]:
+    """The PyTorch keys and shapes a TF model's variables correspond to (derived via the rules)."""
+    zeros = {name: np.zeros(shape, np.float32) for name, shape in tf_shapes.items()}
+    return {k: v.shape for k, v in tf_to_torch(zeros, preset).items()}
+
+
+def torch_to_tf(state: dict[str, np.ndarray], tf_shapes: dict[str, tuple[int, ...]], preset: MaskFormerPreset,
+                source: str = "checkpoint", keep_dtype: bool = False
+                ) -> tuple[dict[str, np.ndarray], list[TensorRecord]]:
+    """Live-named PyTorch tensors -> {TF variable path: value}, or ConversionError with a full report."""
+    values: dict[str, np.ndarray] = {}
+    records: list[TensorRecord] = []
+    unexpected: dict[str, tuple[int, ...]] = {}
+    misshaped: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = []
+    for key, tensor in state.items():
+        found = match_source(key)
+        targets = found[1].target_names(found[2]) if found else []
+        if found is None or any(t not in tf_shapes for t in targets):
+            unexpected[key] = tuple(tensor.shape)
+            continue
+        family, rule, _ = found
+        data = tensor if keep_dtype else np.asarray(tensor, dtype=np.float32)
+        if key in DERIVED:
+            expected = DERIVED[key](preset)
+            if expected.shape != data.shape:
+                misshaped.append((key, tuple(data.shape), expected.shape))
+                continue
+            if not np.array_equal(expected, data):
+                raise ConversionError(f"{source}: '{key}' is {data.tolist()[-3:]} at its end, but preset "
+                                      f"'{preset.name}' has no_object_weight {preset.no_object_weight}",
+                                      f"{key}: values differ from the preset's")
+        target_shapes = [tuple(tf_shapes[t]) for t in targets]
+        try:
+            converted = rule.transform.forward(data, target_shapes)
+        except ValueError:  # a reshape the rule declares could not preserve the element count
+            converted = None
+        if converted is None or [c.shape for c in converted] != target_shapes:
+            expected_shape = expected_source_shapes({t: tf_shapes[t] for t in targets}, preset).get(key)
+            misshaped.append((key, tuple(tensor.shape), tuple(expected_shape or ())))
+            continue
+        for target, value in zip(targets, converted, strict=True):
+            if target in values:
+                raise ConversionError(f"{source}: TF variable '{target}' assigned twice (second by '{key}')",
+                                      "mapping registry error: two rules map onto one variable")
+            values[target] = np.ascontiguousarray(value)
+        records.append(TensorRecord(key, family, targets, rule.transform.name, list(tensor.shape),
+                                    [list(s) for s in target_shapes], str(tensor.dtype),
+                                    f"{zlib.crc32(np.ascontiguousarray(data, np.float32).tobytes()):08x}"))
+    unassigned = {t: s for t, s in tf_shapes.items() if t not in values}
+    if unexpected or misshaped or unassigned:
+        expected_sources = expected_source_shapes(tf_shapes, preset)
+        mismatch = compare_keys(
+            {**{k: v for k, v in state.items() if k not in unexpected}, **unexpected}, expected_sources)
+        mismatch.misshaped = sorted(set(mismatch.misshaped) | set(misshaped))
+        raise ConversionError(f"{source}: does not fit preset '{preset.name}': {mismatch.summary()}",
+                              mismatch.report(), mismatch)
+    return values, records
+
+
+def tf_to_torch(values: dict[str, np.ndarray], preset: MaskFormerPreset) -> dict[str, np.ndarray]:
+    """{TF variable path: value} -> live-named PyTorch state dict, through the same rules reversed."""
+    grouped: dict[str, tuple[Rule, dict[int, np.ndarray]]] = {}
+    unknown = []
+    for name, value in values.items():
+        found = match_target(name)
+        if found is None:
+            unknown.append(name)
+            continue
+        _, rule, fields, index = found
+        source = rule.source_name(fields)
+        entry = grouped.setdefault(source, (rule, {}))
+        if index in entry[1]:
+            raise ConversionError(f"TF variable for '{source}' seen twice ('{name}')", name)
+        entry[1][index] = value
+    if unknown:
+        raise ConversionError(f"{len(unknown)} TF variables match no rule; first '{unknown[0]}'",
+                              "\n".join(f"  unknown TF variable {n}" for n in unknown))
+    state = {}
+    for source, (rule, parts) in grouped.items():
+        if len(parts) != len(rule.targets):
+            raise ConversionError(f"'{source}' needs {len(rule.targets)} TF variables, found {len(parts)}",
+                                  f"{source}: targets {rule.targets}")
+        state[source] = rule.transform.backward([parts[i] for i in range(len(rule.targets))], ())
+    state.update({key: derive(preset) for key, derive in DERIVED.items()})
+    return state

@@ -1,0 +1,83 @@
+"""ResNet-50/101 as detectron2 builds it for MaskFormer: FrozenBN, stride on the 3x3 conv, NHWC."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+import tf_keras
+
+from tf_maskformer.modeling.layers import Conv2DNormAct, FrozenBatchNorm, max_pool_3x3_s2_p1
+
+
+def _conv_bn(filters: int, kernel_size: int, stride: int, padding: int, eps: float, relu: bool,
+             name: str) -> Conv2DNormAct:
+    return Conv2DNormAct(filters, kernel_size, stride=stride, padding=padding, use_bias=False,
+                         norm=FrozenBatchNorm(eps, name="norm"), activation=relu, name=name)
+
+
+class BasicStem(tf_keras.layers.Layer):
+    """conv1: 7x7/2 pad 3 + FrozenBN + ReLU; then max-pool 3x3/2 pad 1."""
+
+    def __init__(self, eps: float, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.conv1 = _conv_bn(64, 7, 2, 3, eps, relu=True, name="conv1")
+
+    def call(self, x: tf.Tensor) -> tf.Tensor:
+        return max_pool_3x3_s2_p1(self.conv1(x))
+
+
+class BottleneckBlock(tf_keras.layers.Layer):
+    def __init__(self, in_channels: int, bottleneck: int, out_channels: int, stride: int, eps: float,
+                 **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.shortcut = (_conv_bn(out_channels, 1, stride, 0, eps, relu=False, name="shortcut")
+                         if in_channels != out_channels else None)
+        self.conv1 = _conv_bn(bottleneck, 1, 1, 0, eps, relu=True, name="conv1")
+        self.conv2 = _conv_bn(bottleneck, 3, stride, 1, eps, relu=True, name="conv2")
+        self.conv3 = _conv_bn(out_channels, 1, 1, 0, eps, relu=False, name="conv3")
+
+    def call(self, x: tf.Tensor) -> tf.Tensor:
+        out = self.conv3(self.conv2(self.conv1(x)))
+        shortcut = self.shortcut(x) if self.shortcut is not None else x
+        return tf.nn.relu(out + shortcut)
+
+
+class ResNetStage(tf_keras.layers.Layer):
+    """res2..res5: blocks named "0", "1", ... as the original's nn.Sequential indices."""
+
+    def __init__(self, num_blocks: int, in_channels: int, bottleneck: int, out_channels: int, first_stride: int,
+                 eps: float, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.blocks = []
+        for index in range(num_blocks):
+            self.blocks.append(BottleneckBlock(in_channels, bottleneck, out_channels,
+                                               first_stride if index == 0 else 1, eps, name=str(index)))
+            in_channels = out_channels
+
+    def call(self, x: tf.Tensor) -> tf.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+class ResNet(tf_keras.layers.Layer):
+    """Returns {"res2": stride 4, ..., "res5": stride 32} NHWC feature maps."""
+
+    STAGE_NAMES = ("res2", "res3", "res4", "res5")
+
+    def __init__(self, stage_blocks: tuple[int, int, int, int], eps: float = 1e-5, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.stem = BasicStem(eps, name="stem")
+        self.stages = []
+        in_channels, bottleneck, out_channels = 64, 64, 256
+        for index, (name, num_blocks) in enumerate(zip(self.STAGE_NAMES, stage_blocks, strict=True)):
+            self.stages.append(ResNetStage(num_blocks, in_channels, bottleneck, out_channels,
+                                           1 if index == 0 else 2, eps, name=name))
+            in_channels, bottleneck, out_channels = out_channels, bottleneck * 2, out_channels * 2
+
+    def call(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        x = self.stem(x)
+        features = {}
+        for name, stage in zip(self.STAGE_NAMES, self.stages, strict=True):
+            x = stage(x)
+            features[name] = x
+        return features

@@ -1,0 +1,96 @@
+"""Layers where numerical parity with PyTorch forces hand-written code (each says why), NHWC throughout."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+import tf_keras
+
+
+class FrozenBatchNorm(tf_keras.layers.Layer):
+    """detectron2 FrozenBatchNorm2d: x * scale + shift from four non-trainable weights (PyTorch names).
+
+    Hand-written: Keras BatchNormalization defaults to eps 1e-3 and updates its statistics in training.
+    """
+
+    def __init__(self, eps: float = 1e-5, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.eps = eps
+
+    def build(self, input_shape: tf.TensorShape) -> None:
+        channels = int(input_shape[-1])
+        init = {"weight": "ones", "bias": "zeros", "running_mean": "zeros", "running_var": "ones"}
+        for name, initializer in init.items():
+            setattr(self, name, self.add_weight(name=name, shape=(channels,), initializer=initializer,
+                                                trainable=False))
+        super().build(input_shape)
+
+    def call(self, x: tf.Tensor) -> tf.Tensor:
+        scale = self.weight * tf.math.rsqrt(self.running_var + self.eps)
+        shift = self.bias - self.running_mean * scale
+        return x * tf.cast(scale, x.dtype) + tf.cast(shift, x.dtype)
+
+
+class Conv2DNormAct(tf_keras.layers.Conv2D):
+    """detectron2's Conv2d (conv, optional norm, optional ReLU) with PyTorch's SYMMETRIC zero padding.
+
+    Hand-written padding: Keras padding="same" pads bottom/right only on stride-2 convs.
+    Variables: `kernel` (HWIO), `bias` if any, and the norm's under `norm/`, as in the original.
+    """
+
+    def __init__(self, filters: int, kernel_size: int, stride: int = 1, padding: int = 0, use_bias: bool = False,
+                 norm: tf_keras.layers.Layer | None = None, activation: bool = False, **kwargs: object) -> None:
+        super().__init__(filters, kernel_size, strides=stride, padding="valid", use_bias=use_bias, **kwargs)
+        self.torch_padding = padding
+        self.norm = norm
+        self.relu = activation
+
+    def call(self, x: tf.Tensor) -> tf.Tensor:
+        if self.torch_padding:
+            p = self.torch_padding
+            x = tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]])
+        x = super().call(x)
+        if self.norm is not None:
+            x = self.norm(x)
+        return tf.nn.relu(x) if self.relu else x
+
+
+def group_norm(groups: int, eps: float, name: str = "norm") -> tf_keras.layers.GroupNormalization:
+    """GroupNorm(32, 256) of the original: eps 1e-5 (Keras defaults to 1e-3)."""
+    return tf_keras.layers.GroupNormalization(groups=groups, axis=-1, epsilon=eps, name=name)
+
+
+def layer_norm(eps: float, name: str) -> tf_keras.layers.LayerNormalization:
+    return tf_keras.layers.LayerNormalization(axis=-1, epsilon=eps, name=name)
+
+
+def max_pool_3x3_s2_p1(x: tf.Tensor) -> tf.Tensor:
+    """PyTorch max_pool2d(k=3, s=2, p=1): pads one -inf row/column on EVERY side.
+
+    Hand-written: "SAME" pooling puts the extra padding bottom/right only, shifting every window.
+    """
+    x = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], constant_values=float("-inf"))
+    return tf.nn.max_pool2d(x, ksize=3, strides=2, padding="VALID")
+
+
+def _torch_nearest_indices(in_size: tf.Tensor, out_size: tf.Tensor) -> tf.Tensor:
+    """PyTorch "nearest": src = min(floor(dst * (in / out)), in - 1) with the scale in float32."""
+    scale = tf.cast(in_size, tf.float32) / tf.cast(out_size, tf.float32)
+    src = tf.cast(tf.floor(tf.cast(tf.range(out_size), tf.float32) * scale), tf.int32)
+    return tf.minimum(src, tf.cast(in_size, tf.int32) - 1)
+
+
+def nearest_resize_like_torch(x: tf.Tensor, size: tuple[tf.Tensor, tf.Tensor] | tf.Tensor) -> tf.Tensor:
+    """Nearest resize of NHWC `x` to `size` (h, w) with PyTorch's index rule, for any sizes.
+
+    Hand-written: tf.image.resize(method="nearest") uses half-pixel centres, which picks other source
+    pixels whenever the ratio is not exactly 2 (inputs not divisible by 32).
+    """
+    in_shape = tf.shape(x)
+    rows = _torch_nearest_indices(in_shape[1], size[0])
+    cols = _torch_nearest_indices(in_shape[2], size[1])
+    return tf.gather(tf.gather(x, rows, axis=1), cols, axis=2)
+
+
+def bilinear_resize(x: tf.Tensor, size: tuple[int, int] | tf.Tensor) -> tf.Tensor:
+    """Bilinear, half-pixel centres, no antialiasing: PyTorch's interpolate(align_corners=False)."""
+    return tf.cast(tf.image.resize(x, size, method="bilinear", antialias=False), x.dtype)
