@@ -133,6 +133,79 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from converter.convert import convert_to_tf, convert_to_torch
+
+    if args.to == "torch":
+        state = convert_to_torch(args.source, args.output, force=args.force)
+        summary = {"output": args.output, "direction": "tf->torch", "tensors": len(state)}
+        print(json.dumps(summary) if args.json else f"wrote {args.output} ({len(state)} tensors, original naming)")
+        return EXIT_OK
+    steps = ["read", "build", "map", "write"]
+    with Progress(disable=args.json, transient=True) as progress:
+        task = progress.add_task(f"converting {args.source}", total=len(steps))
+
+        def advance(step: str) -> None:
+            progress.update(task, completed=steps.index(step), description=f"{step}: {args.source}")
+
+        result = convert_to_tf(args.source, args.output, preset=args.preset, formats=args.format or ["tf-checkpoint"],
+                               saved_model=args.saved_model, keep_dtype=args.keep_dtype, force=args.force,
+                               progress=advance)
+        progress.update(task, completed=len(steps))
+    summary = {"output": result.output, "preset": result.preset, "source_format": result.source_format,
+               "naming": result.naming_era, "tensors": result.tensors, "tensor_bytes": result.tensor_bytes,
+               "cast_to_float32": result.cast_to_float32,
+               "timings_s": {k: round(v, 4) for k, v in result.timings_s.items()}}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return EXIT_OK
+    _print_conversion_table(result)
+    return EXIT_OK
+
+
+def _print_conversion_table(result: object) -> None:
+    from collections import Counter
+
+    from rich.table import Table
+
+    table = Table(title=f"{result.output}: {result.tensors} tensors from {result.source_format} "
+                        f"({result.naming_era}) as preset {result.preset}")
+    for column in ("family", "tensors", "TF variables", "transforms"):
+        table.add_column(column)
+    by_family: dict[str, list] = {}
+    for record in result.records:
+        by_family.setdefault(record.family, []).append(record)
+    for family, records in by_family.items():
+        transforms = Counter(r.transform for r in records)
+        table.add_row(family, str(len(records)), str(sum(len(r.tf_variables) for r in records)),
+                      ", ".join(f"{name} x{count}" for name, count in transforms.most_common()))
+    _console().print(table)
+    notes = ["every source tensor consumed once, every TF variable assigned once"]
+    if result.cast_to_float32:
+        notes.append("half-precision source cast to float32 (--keep-dtype keeps it)")
+    _console().print("; ".join(notes) + ". " + ", ".join(f"{k} {v:.2f}s" for k, v in result.timings_s.items()))
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from tf_maskformer.serving.predict import predict_images
+
+    predictions = predict_images(args.model, args.images, args.output,
+                                 object_mask_threshold=args.object_mask_threshold,
+                                 overlap_threshold=args.overlap_threshold)
+    table = Table(title=f"predictions in {args.output}")
+    for column in ("image", "semantic classes", "panoptic segments", "files"):
+        table.add_column(column)
+    for p in predictions:
+        table.add_row(p.image, str(len(set(p.semantic_map.ravel().tolist()))), str(len(p.segments)),
+                      ", ".join(p.outputs))
+    _console().print(table)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mfport", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="on errors, print the full report")
@@ -153,6 +226,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("convert", help="PyTorch checkpoint -> TF model directory (or back with --to torch)")
+    p.add_argument("source", help="checkpoint (.pkl/.pth/.pt/.safetensors/HF .bin), or a model directory "
+                                  "with --to torch")
+    p.add_argument("-o", "--output", required=True, help="output directory (or checkpoint file with --to torch)")
+    p.add_argument("--to", choices=["tf", "torch"], default="tf")
+    p.add_argument("--preset", help="override the preset detected from the keys")
+    p.add_argument("--format", action="append", choices=["tf-checkpoint", "keras"],
+                   help="output formats (repeatable; default tf-checkpoint)")
+    p.add_argument("--saved-model", action="store_true", help="also export the serving SavedModel")
+    p.add_argument("--keep-dtype", action="store_true", help="keep fp16/bf16 sources as they are")
+    p.add_argument("--force", action="store_true", help="replace an existing output")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("predict", help="segment image files with a converted model; write overlays and maps")
+    p.add_argument("images", nargs="+", help="PNG/JPEG files")
+    p.add_argument("--model", required=True, help="a directory written by mfport convert")
+    p.add_argument("-o", "--output", default="out/predict")
+    p.add_argument("--object-mask-threshold", type=float, help="override the preset's (panoptic)")
+    p.add_argument("--overlap-threshold", type=float, help="override the preset's (panoptic)")
+    p.set_defaults(func=cmd_predict)
     return parser
 
 

@@ -73,8 +73,9 @@ def postprocess(outputs: dict[str, tf.Tensor], preset: MaskFormerPreset, padded_
     As the original: masks upsampled to the padded input, cropped to the image, resized to the output
     size; semantic configs combine scores on the padded grid before cropping (see the preset).
     """
-    output_size = output_size or image_size
-    height, width = image_size
+    if output_size is None:
+        output_size = image_size
+    height, width = image_size[0], image_size[1]
     masks = _resize_masks(outputs["pred_masks"], padded_size)
     cropped = _resize_masks(masks[:, :, :height, :width], output_size)
     if preset.postprocess_before_semantic_inference:

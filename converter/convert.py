@@ -1,0 +1,232 @@
+"""`mfport convert`: a PyTorch MaskFormer checkpoint -> a TF model directory, and back.
+
+Output directory (written to a temporary sibling, then renamed into place):
+  tf_checkpoint/ckpt-*   tf.train.Checkpoint(model=...) — what fine-tuning starts from (default)
+  model.weights.h5       Keras weights (--format keras)
+  saved_model/           serving SavedModel (--saved-model)
+  manifest.json          source sha256, detected architecture, mapping version, per-tensor records
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+
+from converter.architecture import detect_architecture, detect_preset
+from converter.checkpoint_io import Checkpoint, CheckpointError, read_checkpoint, write_detectron2_pickle
+from converter.mappings.huggingface import from_hf_state, is_hf_state
+from converter.mappings import MAPPING_VERSION
+from converter.naming import naming_era, to_live, to_released
+from converter.registry import TensorRecord, tf_to_torch, tf_variable_path, torch_to_tf
+from torch_reference.presets import MaskFormerPreset, get_preset
+
+MANIFEST_SCHEMA = 1
+OUTPUT_FORMATS = ("tf-checkpoint", "keras")
+
+
+@dataclasses.dataclass
+class ConversionResult:
+    output: str
+    preset: str
+    source_format: str
+    naming_era: str
+    tensors: int
+    tensor_bytes: int
+    cast_to_float32: bool
+    timings_s: dict[str, float]
+    records: list[TensorRecord]
+
+
+def source_state(checkpoint: Checkpoint) -> tuple[dict[str, np.ndarray], str]:
+    """The checkpoint's tensors under live original names, and the naming it came in."""
+    if is_hf_state(checkpoint.tensors):
+        return from_hf_state(checkpoint.tensors, checkpoint.path), "huggingface"
+    era = naming_era(checkpoint.tensors)
+    if era == "mixed":
+        raise CheckpointError(f"{checkpoint.path}: mixes released (flat) and live (pixel_decoder.) head names")
+    return {to_live(k): v for k, v in checkpoint.tensors.items()}, era
+
+
+def _resolve_preset(state: dict[str, np.ndarray], preset: MaskFormerPreset | str | None, path: str
+                    ) -> MaskFormerPreset:
+    if isinstance(preset, str):
+        return get_preset(preset)
+    if preset is not None:
+        return preset
+    detected = detect_preset(state)
+    if detected is None:
+        arch = detect_architecture(state)
+        raise CheckpointError(f"{path}: architecture (R{arch.backbone_depth}, {arch.pixel_decoder} decoder, "
+                              f"{arch.num_classes} classes) matches no preset; pass --preset")
+    return detected
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclasses.dataclass
+class OutputDir:
+    """A directory written under a temporary name beside its destination and renamed on commit."""
+
+    final: Path
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        if self.final.exists() and not self.force:
+            raise CheckpointError(f"{self.final}: exists; pass --force to overwrite")
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.", suffix=".partial", dir=self.final.parent))
+
+    def commit(self) -> None:
+        backup = None
+        if self.final.exists():
+            backup = self.final.with_name(f".{self.final.name}.old-{os.getpid()}")
+            os.replace(self.final, backup)
+        os.replace(self.tmp, self.final)
+        if backup is not None:
+            shutil.rmtree(backup, ignore_errors=True)
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def convert_to_tf(source: str | os.PathLike[str], output: str | os.PathLike[str],
+                  preset: MaskFormerPreset | str | None = None, formats: Iterable[str] = ("tf-checkpoint",),
+                  saved_model: bool = False, keep_dtype: bool = False, force: bool = False,
+                  progress: Callable[[str], None] = lambda step: None) -> ConversionResult:
+    """PyTorch checkpoint (any supported format) -> TF model directory; nothing half-written on failure."""
+    from tf_maskformer.modeling.factory import build_maskformer
+
+    formats = tuple(formats)
+    unknown = [f for f in formats if f not in OUTPUT_FORMATS]
+    if unknown:
+        raise CheckpointError(f"--format: unknown {unknown[0]!r}; choose from {', '.join(OUTPUT_FORMATS)}")
+    out = OutputDir(Path(output), force)
+    try:
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        progress("read")
+        checkpoint = read_checkpoint(source)
+        state, era = source_state(checkpoint)
+        timings["read"] = time.perf_counter() - start
+        resolved = _resolve_preset(state, preset, checkpoint.path)
+        progress("build")
+        start = time.perf_counter()
+        model = build_maskformer(resolved)
+        variables = {tf_variable_path(v.name): v for v in model.variables}
+        timings["build_model"] = time.perf_counter() - start
+        progress("map")
+        start = time.perf_counter()
+        values, records = torch_to_tf(state, {k: tuple(v.shape) for k, v in variables.items()}, resolved,
+                                      source=checkpoint.path, keep_dtype=keep_dtype)
+        for name, variable in variables.items():
+            variable.assign(values[name].astype(variable.dtype.as_numpy_dtype, copy=False))
+        timings["map"] = time.perf_counter() - start
+        progress("write")
+        start = time.perf_counter()
+        write_model(model, out.tmp, formats, saved_model)
+        cast = not keep_dtype and any(v.dtype != np.float32 for v in state.values())
+        manifest = {
+            "schema": MANIFEST_SCHEMA,
+            "mapping_version": MAPPING_VERSION,
+            "source": {"path": str(source), "sha256": _sha256(checkpoint.path), "format": checkpoint.format,
+                       "naming": era, "dtypes": sorted({str(v.dtype) for v in state.values()}),
+                       "cast_to_float32": cast},
+            "preset": resolved.name,
+            "architecture": dataclasses.asdict(detect_architecture(state)),
+            "outputs": {"formats": list(formats), "saved_model": saved_model},
+            "tensors": [dataclasses.asdict(r) for r in records],
+        }
+        (out.tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        timings["write"] = time.perf_counter() - start
+        out.commit()
+    except BaseException:
+        out.abort()
+        raise
+    return ConversionResult(str(output), resolved.name, checkpoint.format, era, len(records),
+                            int(sum(v.nbytes for v in state.values())), cast, timings, records)
+
+
+def write_model(model: object, directory: Path, formats: tuple[str, ...], saved_model: bool) -> None:
+    import tensorflow as tf
+
+    if "tf-checkpoint" in formats:
+        tf.train.Checkpoint(model=model).write(str(directory / "tf_checkpoint" / "ckpt"))
+    if "keras" in formats:
+        model.save_weights(str(directory / "model.weights.h5"))
+    if saved_model:
+        from tf_maskformer.serving.export import export_saved_model
+
+        export_saved_model(model, directory / "saved_model")
+
+
+def read_manifest(model_dir: str | os.PathLike[str]) -> dict[str, object]:
+    path = Path(model_dir) / "manifest.json"
+    if not path.is_file():
+        raise CheckpointError(f"{model_dir}: not a converted model directory (no manifest.json)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: corrupt manifest ({err})") from None
+
+
+def load_tf_model(model_dir: str | os.PathLike[str]) -> object:
+    """The TF MaskFormer of a converted model directory, weights restored from its TF checkpoint."""
+    import tensorflow as tf
+
+    from tf_maskformer.modeling.factory import build_maskformer
+
+    manifest = read_manifest(model_dir)
+    model = build_maskformer(get_preset(manifest["preset"]))
+    checkpoint_path = Path(model_dir) / "tf_checkpoint" / "ckpt"
+    if Path(model_dir, "tf_checkpoint").is_dir():
+        tf.train.Checkpoint(model=model).read(str(checkpoint_path)).assert_existing_objects_matched()
+    elif Path(model_dir, "model.weights.h5").is_file():
+        model.load_weights(str(Path(model_dir) / "model.weights.h5"))
+    else:
+        raise CheckpointError(f"{model_dir}: holds neither tf_checkpoint/ nor model.weights.h5")
+    return model
+
+
+def convert_to_torch(model_dir: str | os.PathLike[str], output: str | os.PathLike[str], force: bool = False
+                     ) -> dict[str, np.ndarray]:
+    """TF model directory -> PyTorch checkpoint in original naming (.pkl released era, .pth/.safetensors live)."""
+    output = Path(output)
+    if output.exists() and not force:
+        raise CheckpointError(f"{output}: exists; pass --force to overwrite")
+    model = load_tf_model(model_dir)
+    values = {tf_variable_path(v.name): v.numpy() for v in model.variables}
+    state = tf_to_torch(values, model.preset)
+    if output.suffix == ".pkl":
+        write_detectron2_pickle(output, {to_released(k): v for k, v in state.items()},
+                                author=f"mfport convert --to torch ({model_dir})")
+    elif output.suffix in (".pth", ".pt"):
+        import torch
+
+        from converter.checkpoint_io import atomic_write
+
+        tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}
+        atomic_write(output, lambda tmp: torch.save({"model": tensors}, tmp))
+    elif output.suffix == ".safetensors":
+        from safetensors.numpy import save_file
+
+        from converter.checkpoint_io import atomic_write
+
+        atomic_write(output, lambda tmp: save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(tmp)))
+    else:
+        raise CheckpointError(f"{output}: choose a .pkl, .pth/.pt or .safetensors output")
+    return state

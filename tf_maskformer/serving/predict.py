@@ -1,0 +1,119 @@
+"""`mfport predict`: run a converted TF MaskFormer on image files; write overlays and raw maps.
+
+Per image STEM: STEM_semantic.png (overlay with a legend of class names), STEM_semantic_map.png
+(16-bit class ids), and with panoptic output STEM_panoptic.png (overlay), STEM_panoptic_map.png (COCO
+panoptic id encoding id = R + 256 G + 256^2 B) and STEM_segments.json (COCO-style segments_info).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from converter.checkpoint_io import CheckpointError, atomic_write
+
+
+@dataclasses.dataclass
+class Prediction:
+    image: str
+    semantic_map: np.ndarray  # [H, W] class ids
+    panoptic_map: np.ndarray  # [H, W] segment ids, 0 = void
+    segments: list[dict[str, object]]
+    outputs: list[str]
+
+
+def read_image(path: str | os.PathLike[str]) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such image") from None
+    except (UnidentifiedImageError, OSError) as err:
+        raise CheckpointError(f"{path}: not a readable PNG/JPEG image ({err})") from None
+
+
+def class_colors(num_classes: int) -> np.ndarray:
+    """A fixed, well-spread colour per class id."""
+    rng = np.random.default_rng(2021)
+    return rng.integers(40, 256, size=(num_classes, 3)).astype(np.uint8)
+
+
+def _overlay_png(path: Path, image: np.ndarray, label_map: np.ndarray, legend: list[tuple[str, np.ndarray]],
+                 title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    colors = np.zeros((max(len(legend), int(label_map.max()) + 1), 3), np.uint8)
+    for index, (_, color) in enumerate(legend):
+        colors[index] = color
+    height, width = label_map.shape
+    fig, ax = plt.subplots(figsize=(max(4.0, width / 100 + 2.5), max(3.0, height / 100)), dpi=100)
+    ax.imshow(image)
+    ax.imshow(colors[label_map], alpha=0.55)
+    ax.set_title(title, fontsize=9)
+    ax.axis("off")
+    handles = [Patch(color=color / 255.0, label=name) for name, color in legend if name]
+    if handles:
+        ax.legend(handles=handles[:24], loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7, frameon=False)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+
+
+def predict_images(model_dir: str, images: list[str], output_dir: str, object_mask_threshold: float | None = None,
+                   overlap_threshold: float | None = None) -> list[Prediction]:
+    import tensorflow as tf
+    from PIL import Image
+
+    from converter.convert import load_tf_model
+    from tf_maskformer.modeling.inference import postprocess
+
+    model = load_tf_model(model_dir)
+    preset = model.preset
+    names = preset.class_names
+    colors = class_colors(preset.num_classes)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    predictions = []
+    for image_path in images:
+        image = read_image(image_path)
+        batch = tf.constant(image[None], tf.float32)
+        padded = model.preprocess(batch)
+        outputs = model(padded, training=False)
+        result = postprocess(outputs, preset, tuple(padded.shape[1:3]), image.shape[:2],
+                             object_mask_threshold=object_mask_threshold, overlap_threshold=overlap_threshold)
+        semantic = result["semantic_map"][0].numpy()
+        panoptic = result["panoptic_seg"][0].numpy()
+        segment_id, category, area = (result[k][0].numpy() for k in ("segment_id", "category", "area"))
+        segments = [{"id": int(segment_id[q]), "category_id": int(category[q]), "category": names[int(category[q])],
+                     "isthing": int(category[q]) in preset.thing_ids, "area": int(area[q])}
+                    for q in np.argsort(segment_id) if area[q] > 0]
+        stem = Path(image_path).stem
+        written = []
+        present = [int(c) for c in np.unique(semantic)]
+        legend = [(names[c] if c in present else "", colors[c]) for c in range(preset.num_classes)]
+        _overlay_png(out / f"{stem}_semantic.png", image, semantic, legend, f"{stem}: semantic ({preset.name})")
+        atomic_write(out / f"{stem}_semantic_map.png",
+                     lambda tmp, s=semantic: Image.fromarray(s.astype(np.uint16)).save(tmp, format="PNG"))
+        written += [f"{stem}_semantic.png", f"{stem}_semantic_map.png"]
+        segment_colors = class_colors(len(segments) + 7)[7:]  # one colour per segment: instances differ
+        seg_legend = [("", np.zeros(3, np.uint8))] + [
+            (f"{s['id']}: {s['category']}", segment_colors[i]) for i, s in enumerate(segments)]
+        _overlay_png(out / f"{stem}_panoptic.png", image, panoptic, seg_legend,
+                     f"{stem}: panoptic, {len(segments)} segments ({preset.name})")
+        rgb = np.stack([panoptic % 256, panoptic // 256 % 256, panoptic // 65536], axis=-1).astype(np.uint8)
+        atomic_write(out / f"{stem}_panoptic_map.png", lambda tmp, r=rgb: Image.fromarray(r).save(tmp, format="PNG"))
+        atomic_write(out / f"{stem}_segments.json",
+                     lambda tmp, s=segments: Path(tmp).write_text(json.dumps({"segments_info": s}, indent=1)))
+        written += [f"{stem}_panoptic.png", f"{stem}_panoptic_map.png", f"{stem}_segments.json"]
+        predictions.append(Prediction(str(image_path), semantic, panoptic, segments, written))
+    return predictions
