@@ -23,8 +23,8 @@ import numpy as np
 
 from converter.architecture import detect_architecture, detect_preset
 from converter.checkpoint_io import Checkpoint, CheckpointError, read_checkpoint, write_detectron2_pickle
-from converter.mappings.huggingface import from_hf_state, is_hf_state
 from converter.mappings import MAPPING_VERSION
+from converter.mappings.huggingface import from_hf_state, is_hf_state
 from converter.naming import naming_era, to_live, to_released
 from converter.registry import TensorRecord, tf_to_torch, tf_variable_path, torch_to_tf
 from torch_reference.presets import MaskFormerPreset, get_preset

@@ -44,9 +44,10 @@ def model_metadata(model: MaskFormer) -> dict[str, object]:
             "overlap_threshold": preset.overlap_threshold, "input": "float32 [B, H, W, 3] RGB 0..255"}
 
 
-def export_saved_model(model: MaskFormer, directory: str | Path) -> Path:
+def export_saved_model(model: MaskFormer, directory: str | Path) -> MaskFormerServing:
+    """Write the SavedModel (and mfport_model.json); returns the exported module, callable in-process."""
     directory = Path(directory)
     module = MaskFormerServing(model)
     tf.saved_model.save(module, str(directory), signatures={"serving_default": module.serve})
     (directory / "mfport_model.json").write_text(json.dumps(model_metadata(model), indent=1))
-    return directory
+    return module
