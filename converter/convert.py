@@ -126,7 +126,11 @@ def convert_to_tf(source: str | os.PathLike[str], output: str | os.PathLike[str]
         resolved = _resolve_preset(state, preset, checkpoint.path)
         progress("build")
         start = time.perf_counter()
-        model = build_maskformer(resolved)
+        source_dtypes = {str(v.dtype) for v in state.values()}
+        kept_dtype = None
+        if keep_dtype and len(source_dtypes) == 1 and source_dtypes != {"float32"}:
+            kept_dtype = source_dtypes.pop()  # the TF variables take the source's (half) precision
+        model = build_maskformer(resolved, dtype=kept_dtype)
         variables = {tf_variable_path(v.name): v for v in model.variables}
         timings["build_model"] = time.perf_counter() - start
         progress("map")
@@ -139,13 +143,13 @@ def convert_to_tf(source: str | os.PathLike[str], output: str | os.PathLike[str]
         progress("write")
         start = time.perf_counter()
         write_model(model, out.tmp, formats, saved_model)
-        cast = not keep_dtype and any(v.dtype != np.float32 for v in state.values())
+        cast = kept_dtype is None and any(v.dtype != np.float32 for v in state.values())
         manifest = {
             "schema": MANIFEST_SCHEMA,
             "mapping_version": MAPPING_VERSION,
             "source": {"path": str(source), "sha256": _sha256(checkpoint.path), "format": checkpoint.format,
                        "naming": era, "dtypes": sorted({str(v.dtype) for v in state.values()}),
-                       "cast_to_float32": cast},
+                       "cast_to_float32": cast, "tf_variable_dtype": kept_dtype or "float32"},
             "preset": resolved.name,
             "architecture": dataclasses.asdict(detect_architecture(state)),
             "outputs": {"formats": list(formats), "saved_model": saved_model},

@@ -6,8 +6,9 @@ So, as ../shared/reference/MASKFORMER.md recommends:
 - every frozen BN's running_mean/var is calibrated, in forward order, from the conv output it actually
   sees on seeded synthetic images (float64), then perturbed slightly;
 - residual-branch BNs (conv3) get small gammas, so res2..res5 stay at std ~1-5;
-- attention q/k projections are scaled up (x3) and residual-branch outputs (out_proj, linear2) down
-  (x1/sqrt(12)), so queries stay distinct; the class head is scaled so predictions are confident.
+- attention q/k projections are scaled up (x3, on nn.MultiheadAttention's own xavier scale) and
+  residual-branch outputs (out_proj, linear2) down (x1/sqrt(12)), so queries stay distinct; the class
+  head is scaled so predictions are confident.
 Each tensor draws from its own generator seeded by (seed, crc32(name)): same seed -> same bytes.
 """
 
@@ -73,7 +74,10 @@ def initial_tensor(name: str, shape: tuple[int, ...], seed: int, preset: MaskFor
         return _normal(rng, shape, 1.0)
     fan_in = _fan_in(shape)
     if leaf == "in_proj_weight":
-        weight = _normal(rng, shape, 1.0 / math.sqrt(fan_in))
+        # nn.MultiheadAttention's own init scale (xavier over the packed [3d, d] weight), q/k rows x3.
+        # On a 1/sqrt(fan_in) base instead, attention logits reach std ~15 and the decoder amplifies
+        # float32 rounding of its input ~20-35x (R101); on this base ~4x, with queries as distinct.
+        weight = _normal(rng, shape, math.sqrt(2.0 / (shape[0] + shape[1])))
         weight[: 2 * shape[1]] *= QK_SCALE  # rows [0:2d] are q and k
         return weight
     if name.endswith("out_proj.weight") or name.endswith("linear2.weight"):

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import tf_keras
+
 from tf_maskformer.configs.maskformer import MaskFormerModel
 from tf_maskformer.modeling.maskformer_model import MaskFormer
 from torch_reference.presets import MaskFormerPreset, get_preset
 
 
-def build_maskformer(spec: str | MaskFormerPreset | MaskFormerModel, build: bool = True) -> MaskFormer:
-    """A MaskFormer with every variable created (build=True runs one small dummy batch)."""
+def build_maskformer(spec: str | MaskFormerPreset | MaskFormerModel, build: bool = True,
+                     dtype: str | None = None) -> MaskFormer:
+    """A MaskFormer with every variable created (build=True runs one small dummy batch).
+
+    dtype ("float16", "bfloat16", ...) stores the variables and computes in that dtype.
+    """
+    if dtype is not None:
+        previous = tf_keras.mixed_precision.global_policy()
+        tf_keras.mixed_precision.set_global_policy(dtype)
+        try:
+            return build_maskformer(spec, build)
+        finally:
+            tf_keras.mixed_precision.set_global_policy(previous)
     if isinstance(spec, str):
         preset = get_preset(spec)
     elif isinstance(spec, MaskFormerModel):
