@@ -210,6 +210,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_sample_images(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from converter.checkpoint_io import atomic_write
+    from torch_reference.synthetic_images import synthetic_images
+
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    images = synthetic_images(args.seed, args.count, *args.size)
+    for index, image in enumerate(images):
+        path = out / f"sample_{args.seed}_{index}.png"
+        atomic_write(path, lambda tmp, im=image: Image.fromarray(im).save(tmp, format="PNG"))
+        print(path)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mfport", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="on errors, print the full report")
@@ -230,6 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("sample-images", help="write seeded real-looking PNG images (demo and test inputs)")
+    p.add_argument("-o", "--output", required=True, help="output directory")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--count", type=int, default=2)
+    p.add_argument("--size", type=int, nargs=2, default=[480, 640], metavar=("H", "W"))
+    p.set_defaults(func=cmd_sample_images)
 
     p = sub.add_parser("convert", help="PyTorch checkpoint -> TF model directory (or back with --to torch)")
     p.add_argument("source", help="checkpoint (.pkl/.pth/.pt/.safetensors/HF .bin), or a model directory "

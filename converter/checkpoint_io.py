@@ -55,9 +55,10 @@ class RestrictedUnpickler(pickle.Unpickler):
                                      "containers and scalars are allowed)")
 
 
-def safe_unpickle(data: bytes) -> object:
-    # latin1 lets pickles written by Python 2 (older model-zoo files) decode their numpy buffers.
-    return RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
+def safe_unpickle(data: bytes | io.BufferedIOBase) -> object:
+    """Unpickle bytes or a binary file; latin1 lets Python 2 pickles (older model-zoo files) decode."""
+    stream = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
+    return RestrictedUnpickler(stream, encoding="latin1").load()
 
 
 @dataclasses.dataclass
@@ -109,9 +110,10 @@ def _to_numpy(name: str, value: object, path: Path) -> np.ndarray:
     raise CheckpointError(f"{path}: entry '{name}' is a {type(value).__name__}, not a tensor")
 
 
-def _read_pickle(path: Path, data: bytes) -> object:
+def _read_pickle(path: Path) -> object:
     try:
-        return safe_unpickle(data)
+        with open(path, "rb") as f:  # streamed: the file's bytes are never held whole beside the arrays
+            return safe_unpickle(f)
     except UnsafePickleError as err:
         raise CheckpointError(f"{path}: unsafe pickle, nothing executed: {err}") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, MemoryError) as err:
@@ -131,12 +133,12 @@ def _read_torch(path: Path) -> object:
         raise CheckpointError(f"{path}: truncated or corrupt torch file ({first})") from None
 
 
-def _read_safetensors(path: Path, data: bytes) -> dict[str, object]:
+def _read_safetensors(path: Path) -> dict[str, object]:
     from safetensors import SafetensorError
-    from safetensors.numpy import load
+    from safetensors.numpy import load_file
 
     try:
-        return load(data)
+        return load_file(path)
     except (SafetensorError, ValueError, OSError) as err:
         raise CheckpointError(f"{path}: truncated or corrupt safetensors file ({err})") from None
 
@@ -146,21 +148,22 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
-    data = path.read_bytes()
-    if not data:
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not head:
         raise CheckpointError(f"{path}: empty file")
-    fmt = _detect_format(path, data[:16])
+    fmt = _detect_format(path, head)
     if fmt == "detectron2-pkl":
-        obj = _read_pickle(path, data)
+        obj = _read_pickle(path)
     elif fmt == "torch":
         obj = _read_torch(path)
     else:
-        obj = _read_safetensors(path, data)
+        obj = _read_safetensors(path)
     state, metadata = _flatten_state(obj, path)
     tensors = {str(k): _to_numpy(str(k), v, path) for k, v in state.items()}
     if not tensors:
         raise CheckpointError(f"{path}: checkpoint holds no tensors")
-    return Checkpoint(str(path), fmt, tensors, metadata, len(data))
+    return Checkpoint(str(path), fmt, tensors, metadata, path.stat().st_size)
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> None:

@@ -9,6 +9,7 @@ Output directory (written to a temporary sibling, then renamed into place):
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import json
@@ -116,10 +117,12 @@ def convert_to_tf(source: str | os.PathLike[str], output: str | os.PathLike[str]
     if unknown:
         raise CheckpointError(f"--format: unknown {unknown[0]!r}; choose from {', '.join(OUTPUT_FORMATS)}")
     out = OutputDir(Path(output), force)
+    source_digest = concurrent.futures.ThreadPoolExecutor(1)  # hashlib releases the GIL: overlaps the rest
     try:
         timings: dict[str, float] = {}
         start = time.perf_counter()
         progress("read")
+        sha256 = source_digest.submit(_sha256, str(source))
         checkpoint = read_checkpoint(source)
         state, era = source_state(checkpoint)
         timings["read"] = time.perf_counter() - start
@@ -138,7 +141,7 @@ def convert_to_tf(source: str | os.PathLike[str], output: str | os.PathLike[str]
         values, records = torch_to_tf(state, {k: tuple(v.shape) for k, v in variables.items()}, resolved,
                                       source=checkpoint.path, keep_dtype=keep_dtype)
         for name, variable in variables.items():
-            variable.assign(values[name].astype(variable.dtype.as_numpy_dtype, copy=False))
+            variable.assign(values.pop(name).astype(variable.dtype.as_numpy_dtype, copy=False))  # freed as assigned
         timings["map"] = time.perf_counter() - start
         progress("write")
         start = time.perf_counter()
@@ -147,7 +150,7 @@ def convert_to_tf(source: str | os.PathLike[str], output: str | os.PathLike[str]
         manifest = {
             "schema": MANIFEST_SCHEMA,
             "mapping_version": MAPPING_VERSION,
-            "source": {"path": str(source), "sha256": _sha256(checkpoint.path), "format": checkpoint.format,
+            "source": {"path": str(source), "sha256": sha256.result(), "format": checkpoint.format,
                        "naming": era, "dtypes": sorted({str(v.dtype) for v in state.values()}),
                        "cast_to_float32": cast, "tf_variable_dtype": kept_dtype or "float32"},
             "preset": resolved.name,
@@ -161,6 +164,8 @@ def convert_to_tf(source: str | os.PathLike[str], output: str | os.PathLike[str]
     except BaseException:
         out.abort()
         raise
+    finally:
+        source_digest.shutdown(wait=True)
     return ConversionResult(str(output), resolved.name, checkpoint.format, era, len(records),
                             int(sum(v.nbytes for v in state.values())), cast, timings, records)
 

@@ -41,7 +41,7 @@ class TensorRecord:
     source_shape: list[int]
     tf_shapes: list[list[int]]
     source_dtype: str
-    crc32: str  # of the float32 source bytes
+    crc32: str  # of the source tensor's bytes as converted (float32 unless the dtype was kept)
 
 
 @functools.cache
@@ -120,7 +120,7 @@ def torch_to_tf(state: dict[str, np.ndarray], tf_shapes: dict[str, tuple[int, ..
             values[target] = np.ascontiguousarray(value)
         records.append(TensorRecord(key, family, targets, rule.transform.name, list(tensor.shape),
                                     [list(s) for s in target_shapes], str(tensor.dtype),
-                                    f"{zlib.crc32(np.ascontiguousarray(data, np.float32).tobytes()):08x}"))
+                                    f"{zlib.crc32(np.ascontiguousarray(data)):08x}"))
     unassigned = {t: s for t, s in tf_shapes.items() if t not in values}
     if unexpected or misshaped or unassigned:
         expected_sources = expected_source_shapes(tf_shapes, preset)

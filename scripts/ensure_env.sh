@@ -26,4 +26,4 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$wanted" ]; then
     || { tail -n 30 "$log"; echo "[mfport] install failed" >&2; exit 1; }
   echo "$wanted" >"$stamp"
 fi
-export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
+export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-3}

@@ -1,0 +1,91 @@
+"""Conversion speed and peak memory of `mfport convert` on the R50 + 6 Enc preset.
+
+Each measurement runs in its own fresh process so peak RSS (ru_maxrss) is that step's alone:
+- baseline: import TensorFlow and build the TF model (what every conversion pays before any data work);
+- conversion: the same, then read + map + write of the seeded checkpoint (timed separately).
+Targets: read + map + write moves >= 500 MB/s of tensor data; peak RSS <= baseline + 2.5 x checkpoint size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from benchmarks.common import write_result
+
+TARGET_MB_PER_S = 500.0
+TARGET_MEMORY_FACTOR = 2.5
+
+_BASELINE = """
+import json, resource, time
+t = time.perf_counter()
+import tensorflow as tf
+from tf_maskformer.modeling.factory import build_maskformer
+imported = time.perf_counter()
+build_maskformer({preset!r})
+built = time.perf_counter()
+print(json.dumps({{"import_s": imported - t, "build_s": built - imported,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+"""
+
+_CONVERT = """
+import json, resource
+from converter.convert import convert_to_tf
+result = convert_to_tf({checkpoint!r}, {output!r})
+print(json.dumps({{"timings_s": result.timings_s, "tensor_bytes": result.tensor_bytes,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+"""
+
+
+def _run(code: str) -> dict[str, object]:
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run(preset_name: str, repeats: int) -> dict[str, object]:
+    from torch_reference.presets import get_preset
+    from torch_reference.seeded_init import write_seeded_checkpoint
+
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = Path(tmp) / "seeded.pkl"
+        write_seeded_checkpoint(get_preset(preset_name), 0, checkpoint)
+        size_mb = checkpoint.stat().st_size / 2**20
+        baselines = [_run(_BASELINE.format(preset=preset_name)) for _ in range(repeats)]
+        conversions = [_run(_CONVERT.format(checkpoint=str(checkpoint), output=str(Path(tmp) / f"out{i}")))
+                       for i in range(repeats)]
+    best = min(conversions, key=lambda c: sum(c["timings_s"][k] for k in ("read", "map", "write")))
+    data_s = sum(best["timings_s"][k] for k in ("read", "map", "write"))
+    tensor_mb = best["tensor_bytes"] / 2**20
+    baseline_rss = min(b["peak_rss_mb"] for b in baselines)
+    peak_rss = max(c["peak_rss_mb"] for c in conversions)
+    memory_limit = baseline_rss + TARGET_MEMORY_FACTOR * size_mb
+    return {
+        "preset": preset_name, "checkpoint_mb": size_mb, "tensor_mb": tensor_mb, "repeats": repeats,
+        "baseline": {"import_tf_s": min(b["import_s"] for b in baselines),
+                     "build_model_s": min(b["build_s"] for b in baselines), "peak_rss_mb": baseline_rss},
+        "conversion": {"timings_s": best["timings_s"], "read_map_write_s": data_s,
+                       "mb_per_s": tensor_mb / data_s, "peak_rss_mb": peak_rss,
+                       "peak_over_baseline_mb": peak_rss - baseline_rss,
+                       "peak_over_baseline_x_checkpoint": (peak_rss - baseline_rss) / size_mb},
+        "targets": {"mb_per_s_at_least": TARGET_MB_PER_S, "mb_per_s_met": tensor_mb / data_s >= TARGET_MB_PER_S,
+                    "peak_rss_mb_at_most": memory_limit, "memory_met": peak_rss <= memory_limit},
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, object]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="r50_6enc_coco_panoptic")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    result = run(args.preset, args.repeats)
+    write_result("conversion", result)
+    return result
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(), indent=2))
