@@ -7,8 +7,9 @@ import re
 
 import numpy as np
 
+from converter.checkpoint_io import CheckpointError
 from converter.naming import naming_era, to_live
-from torch_reference.presets import PRESETS, RESNET_STAGE_BLOCKS, MaskFormerPreset
+from torch_reference.presets import PRESETS, RESNET_STAGE_BLOCKS, MaskFormerPreset, get_preset
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +63,24 @@ def detect_preset(tensors: dict[str, np.ndarray]) -> MaskFormerPreset | None:
     """The named preset whose architecture the checkpoint has, or None."""
     arch = detect_architecture(tensors)
     return next((p for p in PRESETS.values() if arch.matches(p)), None)
+
+
+def resolve_preset(state: dict[str, np.ndarray], preset: MaskFormerPreset | str | None, source: str
+                   ) -> MaskFormerPreset:
+    """The preset asked for (name or object), else the one detected from live-named tensors."""
+    if isinstance(preset, str):
+        try:
+            return get_preset(preset)
+        except KeyError as err:
+            raise CheckpointError(f"--preset: {err.args[0]}") from None
+    if preset is not None:
+        return preset
+    detected = detect_preset(state)
+    if detected is None:
+        arch = detect_architecture(state)
+        raise CheckpointError(f"{source}: architecture (R{arch.backbone_depth}, {arch.pixel_decoder} decoder, "
+                              f"{arch.num_classes} classes) matches no preset; pass --preset")
+    return detected
 
 
 def is_frozen_bn_buffer(key: str) -> bool:

@@ -22,11 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from converter.architecture import detect_architecture, detect_preset
-from converter.checkpoint_io import Checkpoint, CheckpointError, read_checkpoint, write_detectron2_pickle
+from converter.architecture import detect_architecture, resolve_preset
+from converter.checkpoint_io import CheckpointError, read_checkpoint, write_detectron2_pickle
 from converter.mappings import MAPPING_VERSION
-from converter.mappings.huggingface import from_hf_state, is_hf_state
-from converter.naming import naming_era, to_live, to_released
+from converter.naming import original_live_state, to_released
 from converter.registry import TensorRecord, tf_to_torch, tf_variable_path, torch_to_tf
 from torch_reference.presets import MaskFormerPreset, get_preset
 
@@ -45,30 +44,6 @@ class ConversionResult:
     cast_to_float32: bool
     timings_s: dict[str, float]
     records: list[TensorRecord]
-
-
-def source_state(checkpoint: Checkpoint) -> tuple[dict[str, np.ndarray], str]:
-    """The checkpoint's tensors under live original names, and the naming it came in."""
-    if is_hf_state(checkpoint.tensors):
-        return from_hf_state(checkpoint.tensors, checkpoint.path), "huggingface"
-    era = naming_era(checkpoint.tensors)
-    if era == "mixed":
-        raise CheckpointError(f"{checkpoint.path}: mixes released (flat) and live (pixel_decoder.) head names")
-    return {to_live(k): v for k, v in checkpoint.tensors.items()}, era
-
-
-def _resolve_preset(state: dict[str, np.ndarray], preset: MaskFormerPreset | str | None, path: str
-                    ) -> MaskFormerPreset:
-    if isinstance(preset, str):
-        return get_preset(preset)
-    if preset is not None:
-        return preset
-    detected = detect_preset(state)
-    if detected is None:
-        arch = detect_architecture(state)
-        raise CheckpointError(f"{path}: architecture (R{arch.backbone_depth}, {arch.pixel_decoder} decoder, "
-                              f"{arch.num_classes} classes) matches no preset; pass --preset")
-    return detected
 
 
 def _sha256(path: str) -> str:
@@ -124,9 +99,9 @@ def convert_to_tf(source: str | os.PathLike[str], output: str | os.PathLike[str]
         progress("read")
         sha256 = source_digest.submit(_sha256, str(source))
         checkpoint = read_checkpoint(source)
-        state, era = source_state(checkpoint)
+        state, era = original_live_state(checkpoint)
         timings["read"] = time.perf_counter() - start
-        resolved = _resolve_preset(state, preset, checkpoint.path)
+        resolved = resolve_preset(state, preset, checkpoint.path)
         progress("build")
         start = time.perf_counter()
         source_dtypes = {str(v.dtype) for v in state.values()}

@@ -12,6 +12,8 @@ import difflib
 
 import numpy as np
 
+from converter.checkpoint_io import Checkpoint, CheckpointError
+
 HEAD = "sem_seg_head."
 LIVE_PIXEL_DECODER = HEAD + "pixel_decoder."
 PREDICTOR = HEAD + "predictor."
@@ -29,6 +31,20 @@ def naming_era(keys: object) -> str:
     if flat and live:
         return "mixed"
     return "released" if flat else "live" if live else "none"
+
+
+def original_live_state(checkpoint: Checkpoint) -> tuple[dict[str, np.ndarray], str]:
+    """A checkpoint's tensors under the original's live names, and the naming they came in:
+    "released", "live", "none" or "huggingface" (mapped through converter/mappings/huggingface.py)."""
+    from converter.mappings.huggingface import from_hf_state, is_hf_state  # it builds on this module
+
+    if is_hf_state(checkpoint.tensors):
+        return from_hf_state(checkpoint.tensors, checkpoint.path), "huggingface"
+    era = naming_era(checkpoint.tensors)
+    if era == "mixed":
+        raise CheckpointError(f"{checkpoint.path}: mixes released (flat) and live (pixel_decoder.) head names; "
+                              "a checkpoint uses one or the other")
+    return {to_live(k): v for k, v in checkpoint.tensors.items()}, era
 
 
 def to_live(key: str) -> str:

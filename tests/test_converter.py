@@ -198,3 +198,5 @@ def test_unknown_architecture_needs_a_preset(seeded_checkpoint, tmp_path):
         "criterion.empty_weight": np.ones(21, np.float32)}))
     with pytest.raises(CheckpointError, match="20 classes\\) matches no preset; pass --preset"):
         convert_to_tf(path, tmp_path / "o")
+    _one_line_error(run("convert", str(path), "-o", str(tmp_path / "o"), "--preset", "r50_nowhere"),
+                    "--preset: unknown preset 'r50_nowhere'; known presets: r50_ade20k")

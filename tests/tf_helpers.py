@@ -7,7 +7,7 @@ import functools
 import numpy as np
 
 from converter.checkpoint_io import read_checkpoint
-from converter.convert import source_state
+from converter.naming import original_live_state
 from converter.registry import tf_variable_path, torch_to_tf
 from tf_maskformer.modeling.factory import build_maskformer
 from torch_reference.presets import get_preset
@@ -33,7 +33,7 @@ def padded(size: int, divisor: int) -> int:
 def _converted_values(checkpoint_path: str, preset_name: str) -> dict[str, np.ndarray]:
     model = build_maskformer(get_preset(preset_name))
     shapes = {tf_variable_path(v.name): tuple(v.shape) for v in model.variables}
-    state, _ = source_state(read_checkpoint(checkpoint_path))
+    state, _ = original_live_state(read_checkpoint(checkpoint_path))
     return torch_to_tf(state, shapes, get_preset(preset_name))[0]
 
 

@@ -7,9 +7,9 @@ import os
 import numpy as np
 import torch
 
-from converter.architecture import detect_preset
+from converter.architecture import detect_preset, resolve_preset
 from converter.checkpoint_io import Checkpoint, CheckpointError, read_checkpoint
-from converter.naming import compare_keys, naming_era, to_live
+from converter.naming import compare_keys, original_live_state
 from torch_reference.maskformer import MaskFormer
 from torch_reference.presets import MaskFormerPreset
 
@@ -20,24 +20,6 @@ class CheckpointMismatchError(CheckpointError):
     def __init__(self, message: str, report: str) -> None:
         super().__init__(message)
         self.report = report
-
-
-def live_state(checkpoint: Checkpoint) -> dict[str, np.ndarray]:
-    """The checkpoint's tensors under live-model names (released flat head names renamed)."""
-    era = naming_era(checkpoint.tensors)
-    if era == "mixed":
-        raise CheckpointError(f"{checkpoint.path}: mixes released (flat) and live (pixel_decoder.) "
-                              "head names; a checkpoint uses one or the other")
-    return {to_live(k): v for k, v in checkpoint.tensors.items()}
-
-
-def resolve_preset(checkpoint: Checkpoint, preset: MaskFormerPreset | None) -> MaskFormerPreset:
-    if preset is not None:
-        return preset
-    detected = detect_preset(checkpoint.tensors)
-    if detected is None:
-        raise CheckpointError(f"{checkpoint.path}: architecture matches no known preset; pass --preset")
-    return detected
 
 
 def load_state_strict(model: MaskFormer, state: dict[str, np.ndarray], source: str) -> None:
@@ -56,12 +38,12 @@ def load_state_strict(model: MaskFormer, state: dict[str, np.ndarray], source: s
 
 def load_maskformer(path: str | os.PathLike[str], preset: MaskFormerPreset | None = None
                     ) -> tuple[MaskFormer, Checkpoint]:
-    """Read a .pkl/.pth/.pt/.safetensors checkpoint (either naming era) into an eval-mode MaskFormer.
+    """Read a .pkl/.pth/.pt/.safetensors checkpoint (either naming era, or HF) into an eval-mode MaskFormer.
 
     Without `preset`, the architecture is detected from the keys. Fails on any key difference.
     """
     checkpoint = read_checkpoint(path)
-    state = live_state(checkpoint)
-    model = MaskFormer(resolve_preset(checkpoint, preset)).eval()
+    state, _ = original_live_state(checkpoint)
+    model = MaskFormer(resolve_preset(state, preset, checkpoint.path)).eval()
     load_state_strict(model, state, checkpoint.path)
     return model, checkpoint
