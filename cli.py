@@ -1,7 +1,7 @@
 """`mfport`: MaskFormer from PyTorch to TensorFlow, proven tensor by tensor.
 
 Exit codes: 0 success; 1 bad input (unreadable, unsafe or mismatched checkpoint, existing output
-without --force); 2 bad command-line usage.
+without --force) or a failed parity check; 2 bad command-line usage.
 """
 
 from __future__ import annotations
@@ -226,6 +226,58 @@ def cmd_sample_images(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_parity(args: argparse.Namespace) -> int:
+    import numpy as np
+    from rich.table import Table
+
+    from converter.convert import tf_model_from_checkpoint
+    from parity.harness import run_parity
+    from parity.metrics import PROFILES
+    from parity.report import write_reports
+    from torch_reference.loading import load_maskformer
+    from torch_reference.synthetic_images import synthetic_images
+
+    if args.images:
+        from tf_maskformer.serving.predict import read_image
+
+        loaded = [read_image(p) for p in args.images]
+        if len({im.shape for im in loaded}) != 1:
+            raise UserError("--images: all images must have the same size (one batch)")
+        images, source = np.stack(loaded), [str(p) for p in args.images]
+    else:
+        images, source = synthetic_images(args.seed, args.batch, *args.image_size), f"synthetic seed {args.seed}"
+    torch_model, _ = load_maskformer(args.checkpoint, args.preset)
+    tf_model, _ = tf_model_from_checkpoint(args.checkpoint, torch_model.preset)
+    modes = ("cumulative", "isolated") if args.mode == "both" else (args.mode,)
+    result = run_parity(torch_model, tf_model, images, args.profile, modes)
+    profile = PROFILES[args.profile]
+    meta = {"checkpoint": str(args.checkpoint), "images": source, "seed": args.seed,
+            "bounds": {"cumulative": profile.cumulative_rel_max, "isolated": profile.isolated_rel_max}}
+    report_dir = Path(args.report_dir or f"reports/parity_{result.preset}")
+    paths = write_reports(result, report_dir, meta)
+    if args.json:
+        print(json.dumps({"passed": result.passed, "first_divergence": result.first_divergence,
+                          "reports": {k: str(v) for k, v in paths.items()}}))
+    else:
+        table = Table(title=f"parity {result.preset} {list(images.shape)} ({args.profile}): "
+                            f"{'PASS' if result.passed else 'FAIL'}, first divergence {result.first_divergence}")
+        for column in ("tap", "cumulative max|Δ|/max|ref|", "isolated", "cosine"):
+            table.add_column(column)
+        for row in result.rows:
+            cell = {}
+            for mode in ("cumulative", "isolated"):
+                m = row.get(mode) or {}
+                cell[mode] = (f"{m['rel_max_error']:.2e} {'ok' if m['verdict'] == 'pass' else 'FAIL'}"
+                              if "rel_max_error" in m else m.get("verdict", "-"))
+            table.add_row(row["tap"], cell["cumulative"], cell["isolated"],
+                          f"{(row.get('cumulative') or {}).get('cosine', float('nan')):.9f}")
+        _console().print(table)
+        differing = [item["field"] for item in result.lint if not item["same"]]
+        _console().print(f"config lint: {'all same' if not differing else 'DIFFERENT: ' + ', '.join(differing)}; "
+                         f"reports: {', '.join(str(p) for p in paths.values())}")
+    return EXIT_OK if result.passed else EXIT_INPUT_ERROR
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mfport", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="on errors, print the full report")
@@ -246,6 +298,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("parity", help="compare the PyTorch reference and the converted TF model tap by tap")
+    p.add_argument("checkpoint")
+    p.add_argument("--preset")
+    p.add_argument("--image-size", type=int, nargs=2, default=[480, 640], metavar=("H", "W"))
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated images")
+    p.add_argument("--images", nargs="+", help="PNG/JPEG files of one size instead of generated images")
+    p.add_argument("--mode", choices=["cumulative", "isolated", "both"], default="both")
+    p.add_argument("--profile", choices=["fp32"], default="fp32")
+    p.add_argument("--report-dir", help="default reports/parity_<preset>")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_parity)
 
     p = sub.add_parser("sample-images", help="write seeded real-looking PNG images (demo and test inputs)")
     p.add_argument("-o", "--output", required=True, help="output directory")

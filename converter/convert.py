@@ -145,6 +145,23 @@ def convert_to_tf(source: str | os.PathLike[str], output: str | os.PathLike[str]
                             int(sum(v.nbytes for v in state.values())), cast, timings, records)
 
 
+def tf_model_from_checkpoint(source: str | os.PathLike[str], preset: MaskFormerPreset | str | None = None
+                             ) -> tuple[object, MaskFormerPreset]:
+    """An in-memory converted TF MaskFormer (no files written), and its preset."""
+    from tf_maskformer.modeling.factory import build_maskformer
+
+    checkpoint = read_checkpoint(source)
+    state, _ = original_live_state(checkpoint)
+    resolved = resolve_preset(state, preset, checkpoint.path)
+    model = build_maskformer(resolved)
+    variables = {tf_variable_path(v.name): v for v in model.variables}
+    values, _ = torch_to_tf(state, {k: tuple(v.shape) for k, v in variables.items()}, resolved,
+                            source=checkpoint.path)
+    for name, variable in variables.items():
+        variable.assign(values.pop(name))
+    return model, resolved
+
+
 def write_model(model: object, directory: Path, formats: tuple[str, ...], saved_model: bool) -> None:
     import tensorflow as tf
 

@@ -2,15 +2,7 @@
 
 from __future__ import annotations
 
-import functools
-
-import numpy as np
-
-from converter.checkpoint_io import read_checkpoint
-from converter.naming import original_live_state
-from converter.registry import tf_variable_path, torch_to_tf
-from tf_maskformer.modeling.factory import build_maskformer
-from torch_reference.presets import get_preset
+from converter.convert import tf_model_from_checkpoint
 
 
 def conv_out(size: int, kernel: int, stride: int, pad: int) -> int:
@@ -29,18 +21,8 @@ def padded(size: int, divisor: int) -> int:
     return -(-size // divisor) * divisor if divisor > 1 else size
 
 
-@functools.cache
-def _converted_values(checkpoint_path: str, preset_name: str) -> dict[str, np.ndarray]:
-    model = build_maskformer(get_preset(preset_name))
-    shapes = {tf_variable_path(v.name): tuple(v.shape) for v in model.variables}
-    state, _ = original_live_state(read_checkpoint(checkpoint_path))
-    return torch_to_tf(state, shapes, get_preset(preset_name))[0]
-
-
 def converted_tf_model(checkpoint_path: str, preset_name: str) -> object:
     """A fresh TF MaskFormer holding the converted weights of a seeded checkpoint."""
-    model = build_maskformer(get_preset(preset_name))
-    values = _converted_values(str(checkpoint_path), preset_name)
-    for variable in model.variables:
-        variable.assign(values[tf_variable_path(variable.name)])
+    model, preset = tf_model_from_checkpoint(checkpoint_path, preset_name)
+    assert preset.name == preset_name
     return model

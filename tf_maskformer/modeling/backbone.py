@@ -6,6 +6,7 @@ import tensorflow as tf
 import tf_keras
 
 from tf_maskformer.modeling.layers import Conv2DNormAct, FrozenBatchNorm, max_pool_3x3_s2_p1
+from tf_maskformer.modeling.taps import tap
 
 
 def _conv_bn(filters: int, kernel_size: int, stride: int, padding: int, eps: float, relu: bool,
@@ -75,9 +76,9 @@ class ResNet(tf_keras.layers.Layer):
             in_channels, bottleneck, out_channels = out_channels, bottleneck * 2, out_channels * 2
 
     def call(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
-        x = self.stem(x)
+        x = tap("backbone/stem", self.stem(x))
         features = {}
         for name, stage in zip(self.STAGE_NAMES, self.stages, strict=True):
-            x = stage(x)
+            x = tap(f"backbone/{name}", stage(x))
             features[name] = x
         return features

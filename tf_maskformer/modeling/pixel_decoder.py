@@ -7,6 +7,7 @@ import tf_keras
 
 from tf_maskformer.modeling.layers import Conv2DNormAct, group_norm, nearest_resize_like_torch
 from tf_maskformer.modeling.position_encoding import sine_position_encoding
+from tf_maskformer.modeling.taps import tap
 from tf_maskformer.modeling.transformer_layers import TransformerEncoderLayer
 from torch_reference.presets import MaskFormerPreset
 
@@ -29,7 +30,7 @@ class BasePixelDecoder(tf_keras.layers.Layer):
             lateral = self.adapters[index - 1](features[IN_FEATURES[index - 1]])
             lateral_shape = tf.shape(lateral)
             y = lateral + nearest_resize_like_torch(y, (lateral_shape[1], lateral_shape[2]))
-            y = self.layers[index - 1](y)
+            y = tap(f"pixel_decoder/layer_{index}", self.layers[index - 1](y))
         return y
 
     def encode_top(self, res5: tf.Tensor, training: bool | None) -> tuple[tf.Tensor, tf.Tensor | None]:
@@ -39,8 +40,8 @@ class BasePixelDecoder(tf_keras.layers.Layer):
     def call(self, features: dict[str, tf.Tensor], training: bool | None = None
              ) -> tuple[tf.Tensor, tf.Tensor | None]:
         top, encoder_output = self.encode_top(features["res5"], training)
-        y = self.layers[3](top)
-        return self.mask_features(self.top_down(features, y)), encoder_output
+        y = tap("pixel_decoder/layer_4", self.layers[3](top))
+        return tap("pixel_decoder/mask_features", self.mask_features(self.top_down(features, y))), encoder_output
 
 
 class TransformerEncoderPixelDecoder(BasePixelDecoder):
@@ -59,8 +60,8 @@ class TransformerEncoderPixelDecoder(BasePixelDecoder):
         shape = tf.shape(x)
         pos = tf.reshape(sine_position_encoding(x, x.shape[-1] // 2), [shape[0], -1, shape[3]])
         tokens = tf.reshape(x, [shape[0], -1, shape[3]])
-        for layer in self.encoder_layers:
-            tokens = layer(tokens, pos, training=training)
+        for index, layer in enumerate(self.encoder_layers):
+            tokens = tap(f"pixel_decoder/encoder_layer_{index}", layer(tokens, pos, training=training))
         encoder_output = tf.reshape(tokens, shape)
         return encoder_output, encoder_output
 

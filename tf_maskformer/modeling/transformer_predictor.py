@@ -7,6 +7,7 @@ import tf_keras
 
 from tf_maskformer.modeling.layers import Conv2DNormAct, layer_norm
 from tf_maskformer.modeling.position_encoding import sine_position_encoding
+from tf_maskformer.modeling.taps import tap
 from tf_maskformer.modeling.transformer_layers import TransformerDecoderLayer
 from torch_reference.presets import MaskFormerPreset
 
@@ -62,11 +63,12 @@ class TransformerPredictor(tf_keras.layers.Layer):
         query_pos = tf.tile(tf.cast(self.query_embed, x.dtype)[None], [shape[0], 1, 1])
         tgt = tf.zeros_like(query_pos)  # the decoder input starts at zeros
         hidden_states = []
-        for layer in self.decoder_layers:
-            tgt = layer(tgt, memory, pos, query_pos, training=training)
+        for index, layer in enumerate(self.decoder_layers):
+            tgt = tap(f"predictor/decoder_layer_{index}", layer(tgt, memory, pos, query_pos, training=training))
             hidden_states.append(self.decoder_norm(tgt))  # shared norm on every layer's output
         hidden = tf.stack(hidden_states)  # [L, B, Q, C]
-        layer_logits = self.class_embed(hidden)
-        layer_masks = tf.einsum("lbqc,bhwc->lbqhw", self.mask_embed(hidden), mask_features)
+        layer_logits = tap("predictor/class_embed", self.class_embed(hidden))
+        mask_embed = tap("predictor/mask_embed", self.mask_embed(hidden))
+        layer_masks = tf.einsum("lbqc,bhwc->lbqhw", mask_embed, mask_features)
         return {"pred_logits": layer_logits[-1], "pred_masks": layer_masks[-1],
                 "layer_logits": layer_logits, "layer_masks": layer_masks}

@@ -1,0 +1,85 @@
+"""The forward parity suite: every tap of every preset within its bound, and the harness localises faults."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+from conftest import mfport_command
+from tf_helpers import converted_tf_model
+
+from parity.harness import run_parity
+from torch_reference.loading import load_maskformer
+from torch_reference.presets import PRESETS
+from torch_reference.synthetic_images import synthetic_images
+
+
+def _all_rows_pass(result) -> None:
+    failures = [(row["tap"], mode, metrics.get("rel_max_error")) for row in result.rows
+                for mode, metrics in row.items() if mode in ("cumulative", "isolated") and metrics["verdict"] != "pass"]
+    assert not failures, failures
+    assert result.passed and result.first_divergence is None
+    assert all(item["same"] for item in result.lint)
+
+
+@pytest.mark.parametrize("preset_name", list(PRESETS))
+def test_every_preset_at_reduced_size(seeded_checkpoint, preset_name):
+    torch_model, _ = load_maskformer(seeded_checkpoint(preset_name))
+    tf_model = converted_tf_model(seeded_checkpoint(preset_name), preset_name)
+    result = run_parity(torch_model, tf_model, synthetic_images(2, 2, 131, 197))  # not divisible by 32
+    _all_rows_pass(result)
+    names = [row["tap"] for row in result.rows]
+    assert names[:5] == ["backbone/stem", "backbone/res2", "backbone/res3", "backbone/res4", "backbone/res5"]
+    assert ("pixel_decoder/encoder_layer_5" in names) == (PRESETS[preset_name].pixel_decoder == "transformer_encoder")
+    assert sum(name.startswith("outputs/aux_") for name in names) == 10
+    logits = next(row for row in result.rows if row["tap"] == "outputs/pred_logits")["cumulative"]
+    assert logits["argmax_agreement"] == 1.0 and logits["cosine"] > 0.9999999
+
+
+def test_full_size_batch_two(seeded_checkpoint):
+    torch_model, _ = load_maskformer(seeded_checkpoint("r50_6enc_coco_panoptic"))
+    tf_model = converted_tf_model(seeded_checkpoint("r50_6enc_coco_panoptic"), "r50_6enc_coco_panoptic")
+    _all_rows_pass(run_parity(torch_model, tf_model, synthetic_images(3, 2, 480, 640)))
+
+
+def test_injected_fault_is_the_first_divergence_and_isolated_blames_it(seeded_checkpoint):
+    torch_model, _ = load_maskformer(seeded_checkpoint("r50_ade20k"))
+    tf_model = converted_tf_model(seeded_checkpoint("r50_ade20k"), "r50_ade20k")
+    kernel = tf_model.backbone.stages[2].blocks[3].conv2.kernel  # res4 block 3
+    kernel.assign(kernel * 1.001)
+    result = run_parity(torch_model, tf_model, synthetic_images(2, 1, 128, 160))
+    rows = {row["tap"]: row for row in result.rows}
+    assert not result.passed and result.first_divergence == "backbone/res4"
+    assert rows["backbone/res3"]["isolated"]["verdict"] == "pass"
+    assert rows["backbone/res4"]["isolated"]["verdict"] == "fail"
+    assert rows["backbone/res5"]["isolated"]["verdict"] == "pass"  # res5 itself is fine, only fed bad input
+
+
+def test_config_lint_names_a_difference(seeded_checkpoint):
+    from tf_maskformer.modeling.maskformer_model import MaskFormer
+
+    torch_model, _ = load_maskformer(seeded_checkpoint("r50_ade20k"))
+    tf_model = MaskFormer(PRESETS["r50_ade20k"].with_overrides(norm_eps=1e-3, overlap_threshold=0.5)).build_for()
+    result = run_parity(torch_model, tf_model, synthetic_images(2, 1, 64, 64), modes=("cumulative",))
+    differing = {item["field"] for item in result.lint if not item["same"]}
+    assert {"norm_eps", "overlap_threshold", "frozen_bn_eps (layers)", "group_norm (groups, eps)",
+            "layer_norm_eps"} <= differing
+    assert not result.passed
+
+
+def test_cli_writes_reports(seeded_checkpoint, tmp_path):
+    result = subprocess.run([*mfport_command(), "parity", str(seeded_checkpoint("r50_ade20k")), "--image-size", "96",
+                             "130", "--batch", "1", "--report-dir", str(tmp_path / "rep"), "--json"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout)["passed"] is True
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert report["schema_version"] == 1 and report["preset"] == "r50_ade20k"
+    assert report["environment"]["torch"] and report["bounds"] == {"cumulative": 1e-4, "isolated": 1e-5}
+    row = next(r for r in report["rows"] if r["tap"] == "backbone/res3")
+    assert row["pytorch_module"] == "backbone.res3" and row["cumulative"]["verdict"] == "pass"
+    assert np.isfinite(row["isolated"]["rel_max_error"])
+    assert "| backbone/res3 |" in (tmp_path / "rep" / "report.md").read_text()
+    assert "data:image/png;base64," in (tmp_path / "rep" / "report.html").read_text()
