@@ -85,6 +85,78 @@ def _torch_capture(torch_model: object, taps: list[Tap], images: list) -> tuple[
     return outputs, inputs, final
 
 
+PANOPTIC_PQ_BOUND = 0.999
+LOW_THRESHOLDS = (0.3, 0.5)  # seeded weights rarely pass 0.8/0.8: compare the panoptic merge here too
+
+
+def _panoptic_quality(reference: np.ndarray, other: np.ndarray, categories: dict[int, int], num_classes: int
+                      ) -> float:
+    """PQ of `other` against `reference` (segment-id maps; categories: segment id -> class), by the Model
+    Garden's PanopticQuality (its code reads category_mask/instance_mask for predictions too)."""
+    from official.vision.evaluation.panoptic_quality import PanopticQuality
+
+    if not reference.any() and not other.any():
+        return 1.0  # no segment on either side: full agreement (the metric would report 0/0 as 0)
+    metric = PanopticQuality(num_categories=num_classes + 1, ignored_label=num_classes,
+                             max_instances_per_category=256, offset=256 * 256 * 256)
+
+    def masks(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        category = np.full(ids.shape, num_classes, np.uint16)
+        for segment_id, class_id in categories.items():
+            category[ids == segment_id] = class_id
+        return category, ids.astype(np.uint16)
+
+    gt_category, gt_instance = masks(reference)
+    pred_category, pred_instance = masks(other)
+    metric.compare_and_accumulate({"category_mask": gt_category, "instance_mask": gt_instance},
+                                  {"category_mask": pred_category, "instance_mask": pred_instance})
+    with np.errstate(divide="ignore", invalid="ignore"):  # classes absent on both sides divide 0 by 0
+        return float(metric.result()["All_pq"])
+
+
+def postprocess_parity(torch_model: object, images: np.ndarray, torch_images: list, tf_final: dict, padded: tuple
+                       ) -> list[dict[str, object]]:
+    """Semantic argmax agreement and panoptic maps of both inference pipelines (preset and low thresholds)."""
+    from tf_maskformer.modeling.inference import postprocess
+
+    preset = torch_model.preset
+    rows = []
+    for label, thresholds in (("preset", (preset.object_mask_threshold, preset.overlap_threshold)),
+                              ("low", LOW_THRESHOLDS)):
+        expected = torch_model.inference(torch_images, object_mask_threshold=thresholds[0],
+                                         overlap_threshold=thresholds[1])
+        got = postprocess(tf_final, preset, padded, images.shape[1:3], None, *thresholds)
+        if label == "preset":
+            agreement = float(np.mean([np.mean(got["semantic_map"][b].numpy() == e["sem_seg"].argmax(0).numpy())
+                                       for b, e in enumerate(expected)]))
+            rows.append({"tap": "inference/semantic_map", "pytorch_module": "MaskFormer.inference",
+                         "tf_layer": "inference.postprocess",
+                         "cumulative": {"argmax_agreement": agreement,
+                                        "verdict": "pass" if agreement >= 0.9999 else "fail", "bound": 0.9999}})
+        pixel_agreement, pqs, segments_equal, differing = [], [], True, 0
+        for b, e in enumerate(expected):
+            seg, segments = e["panoptic_seg"]
+            reference, other = seg.numpy(), got["panoptic_seg"][b].numpy()
+            pixel_agreement.append(float(np.mean(reference == other)))
+            differing += int(np.sum(reference != other))
+            categories = {s.id: s.category_id for s in segments}
+            ids, cats = got["segment_id"][b].numpy(), got["category"][b].numpy()
+            tf_categories = {int(i): int(c) for i, c in zip(ids, cats, strict=True) if i > 0}
+            segments_equal &= categories == tf_categories
+            pqs.append(_panoptic_quality(reference, other, {**tf_categories, **categories}, preset.num_classes))
+        # Same segments (ids, classes) and PQ of one map against the other >= 0.999; a few pixels may
+        # differ where two queries' score * sigmoid tie within float32 noise: reported, not hidden.
+        agrees = segments_equal and min(pqs) >= PANOPTIC_PQ_BOUND
+        rows.append({"tap": f"inference/panoptic_seg ({label} thresholds {thresholds[0]}/{thresholds[1]})",
+                     "pytorch_module": "MaskFormer.inference", "tf_layer": "inference.postprocess",
+                     "cumulative": {"pixel_agreement": min(pixel_agreement), "differing_pixels": differing,
+                                    "identical": differing == 0 and segments_equal,
+                                    "segments_equal": segments_equal, "pq_tf_vs_pytorch": min(pqs),
+                                    "segments": int(sum(len(e["panoptic_seg"][1]) for e in expected)),
+                                    "bound": PANOPTIC_PQ_BOUND, "verdict": "pass" if agrees else "fail"}})
+    return rows
+
+
 def run_parity(torch_model: object, tf_model: object, images: np.ndarray, profile: Profile | str = "fp32",
                modes: tuple[str, ...] = ("cumulative", "isolated")) -> ParityResult:
     """images: uint8/float [B, H, W, 3] RGB. Compares every tap, the outputs and the aux outputs."""
@@ -99,7 +171,8 @@ def run_parity(torch_model: object, tf_model: object, images: np.ndarray, profil
     torch_images = list(torch.from_numpy(np.asarray(images, np.float32)).permute(0, 3, 1, 2))
     torch_out, torch_in, torch_final = _torch_capture(torch_model, taps, torch_images)
     with record_taps() as tf_taps:
-        tf_final = tf_model(tf_model.preprocess(tf.constant(np.asarray(images, np.float32))), training=False)
+        tf_inputs = tf_model.preprocess(tf.constant(np.asarray(images, np.float32)))
+        tf_final = tf_model(tf_inputs, training=False)
 
     rows = []
     for tap in taps:
@@ -128,6 +201,9 @@ def run_parity(torch_model: object, tf_model: object, images: np.ndarray, profil
                                             profile.cumulative_rel_max, logits)
         rows.append(row)
 
+    if "cumulative" in modes:
+        rows += postprocess_parity(torch_model, np.asarray(images), torch_images, tf_final,
+                                   tuple(tf_inputs.shape[1:3]))
     lint = config_lint(torch_model, tf_model)
     first = next((r["tap"] for r in rows if r.get("cumulative", {}).get("verdict", "pass") != "pass"), None)
     passed = all(m.get("verdict") == "pass" for r in rows for k, m in r.items() if k in ("cumulative", "isolated")) \

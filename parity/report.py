@@ -17,7 +17,14 @@ SCHEMA_VERSION = 1
 def _fmt(metrics: dict[str, object] | None, key: str = "rel_max_error") -> str:
     if not metrics:
         return "n/a"
+    if "pixel_agreement" in metrics:
+        return (f"{100 * metrics['pixel_agreement']:.3f}% px ({metrics['differing_pixels']} differ), "
+                f"segments equal {metrics['segments_equal']}, "
+                f"PQ {metrics['pq_tf_vs_pytorch']:.4f} ({metrics['segments']} seg.) "
+                f"{'✓' if metrics['verdict'] == 'pass' else '✗'}")
     if "rel_max_error" not in metrics:
+        if "argmax_agreement" in metrics:
+            return f"{100 * metrics['argmax_agreement']:.3f}% px {'✓' if metrics['verdict'] == 'pass' else '✗'}"
         return str(metrics.get("verdict"))
     return f"{metrics[key]:.2e} {'✓' if metrics['verdict'] == 'pass' else '✗'}"
 

@@ -28,7 +28,7 @@ def _all_rows_pass(result) -> None:
 def test_every_preset_at_reduced_size(seeded_checkpoint, preset_name):
     torch_model, _ = load_maskformer(seeded_checkpoint(preset_name))
     tf_model = converted_tf_model(seeded_checkpoint(preset_name), preset_name)
-    result = run_parity(torch_model, tf_model, synthetic_images(2, 2, 131, 197))  # not divisible by 32
+    result = run_parity(torch_model, tf_model, synthetic_images(2, 2, 259, 323))  # not divisible by 32
     _all_rows_pass(result)
     names = [row["tap"] for row in result.rows]
     assert names[:5] == ["backbone/stem", "backbone/res2", "backbone/res3", "backbone/res4", "backbone/res5"]
@@ -36,6 +36,9 @@ def test_every_preset_at_reduced_size(seeded_checkpoint, preset_name):
     assert sum(name.startswith("outputs/aux_") for name in names) == 10
     logits = next(row for row in result.rows if row["tap"] == "outputs/pred_logits")["cumulative"]
     assert logits["argmax_agreement"] == 1.0 and logits["cosine"] > 0.9999999
+    panoptic = [row["cumulative"] for row in result.rows if row["tap"].startswith("inference/panoptic_seg")]
+    assert len(panoptic) == 2 and all(p["segments_equal"] and p["pq_tf_vs_pytorch"] >= 0.999 for p in panoptic)
+    assert sum(p["segments"] for p in panoptic) > 0  # the low thresholds give segments to compare
 
 
 def test_full_size_batch_two(seeded_checkpoint):
