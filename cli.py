@@ -250,6 +250,11 @@ def cmd_parity(args: argparse.Namespace) -> int:
     tf_model, _ = tf_model_from_checkpoint(args.checkpoint, torch_model.preset)
     modes = ("cumulative", "isolated") if args.mode == "both" else (args.mode,)
     result = run_parity(torch_model, tf_model, images, args.profile, modes)
+    if not args.no_gradients:
+        from parity.training import run_training_parity
+
+        result.training = run_training_parity(torch_model, tf_model, images, seed=args.seed)
+        result.passed = result.passed and result.training["passed"]
     profile = PROFILES[args.profile]
     meta = {"checkpoint": str(args.checkpoint), "images": source, "seed": args.seed,
             "bounds": {"cumulative": profile.cumulative_rel_max, "isolated": profile.isolated_rel_max}}
@@ -272,6 +277,16 @@ def cmd_parity(args: argparse.Namespace) -> int:
             table.add_row(row["tap"], cell["cumulative"], cell["isolated"],
                           f"{(row.get('cumulative') or {}).get('cosine', float('nan')):.9f}")
         _console().print(table)
+        if result.training:
+            training = result.training
+            worst = min(training["gradients"], key=lambda r: 2.0 if r["analytically_zero"] else r["cosine"])
+            _console().print(
+                f"matcher: {sum(r['identical'] for r in training['matcher'])}/{len(training['matcher'])} layers "
+                f"identical; losses: worst isolated rel. error "
+                f"{max(r['rel_error_isolated'] for r in training['losses']):.1e}, worst end-to-end "
+                f"{max(r['rel_error_cumulative'] for r in training['losses']):.1e}; gradients: "
+                f"{sum(r['verdict'] == 'pass' for r in training['gradients'])}/{len(training['gradients'])} pass, "
+                f"lowest cosine {worst['cosine']:.7f} ({worst['tf_variable']})")
         differing = [item["field"] for item in result.lint if not item["same"]]
         _console().print(f"config lint: {'all same' if not differing else 'DIFFERENT: ' + ', '.join(differing)}; "
                          f"reports: {', '.join(str(p) for p in paths.values())}")
@@ -309,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["cumulative", "isolated", "both"], default="both")
     p.add_argument("--profile", choices=["fp32"], default="fp32")
     p.add_argument("--report-dir", help="default reports/parity_<preset>")
+    p.add_argument("--no-gradients", action="store_true", help="skip matcher, loss and gradient parity")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_parity)
 

@@ -132,6 +132,23 @@ def torch_to_tf(state: dict[str, np.ndarray], tf_shapes: dict[str, tuple[int, ..
     return values, records
 
 
+def map_to_tf_layout(tensors: dict[str, np.ndarray], tf_shapes: dict[str, tuple[int, ...]]
+                     ) -> dict[str, np.ndarray]:
+    """Some live-named tensors (e.g. gradients of the trainable parameters) through their rules into TF
+    layout, without the whole-checkpoint accounting of torch_to_tf."""
+    mapped = {}
+    for key, value in tensors.items():
+        found = match_source(key)
+        if found is None:
+            raise ConversionError(f"'{key}' matches no rule", key)
+        _, rule, fields = found
+        targets = rule.target_names(fields)
+        for target, converted in zip(targets, rule.transform.forward(value, [tuple(tf_shapes[t]) for t in targets]),
+                                     strict=True):
+            mapped[target] = converted
+    return mapped
+
+
 def tf_to_torch(values: dict[str, np.ndarray], preset: MaskFormerPreset) -> dict[str, np.ndarray]:
     """{TF variable path: value} -> live-named PyTorch state dict, through the same rules reversed."""
     grouped: dict[str, tuple[Rule, dict[int, np.ndarray]]] = {}

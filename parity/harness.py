@@ -32,6 +32,7 @@ class ParityResult:
     first_divergence: str | None
     passed: bool
     environment: dict[str, object]
+    training: dict[str, object] | None = None  # parity.training.run_training_parity, when run
 
 
 def config_lint(torch_model: object, tf_model: object) -> list[dict[str, object]]:
@@ -108,9 +109,9 @@ def _panoptic_quality(reference: np.ndarray, other: np.ndarray, categories: dict
 
     gt_category, gt_instance = masks(reference)
     pred_category, pred_instance = masks(other)
-    metric.compare_and_accumulate({"category_mask": gt_category, "instance_mask": gt_instance},
-                                  {"category_mask": pred_category, "instance_mask": pred_instance})
-    with np.errstate(divide="ignore", invalid="ignore"):  # classes absent on both sides divide 0 by 0
+    with np.errstate(divide="ignore", invalid="ignore"):  # empty segments and absent classes divide by 0
+        metric.compare_and_accumulate({"category_mask": gt_category, "instance_mask": gt_instance},
+                                      {"category_mask": pred_category, "instance_mask": pred_instance})
         return float(metric.result()["All_pq"])
 
 

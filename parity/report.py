@@ -45,6 +45,24 @@ def markdown(result: ParityResult, meta: dict[str, object]) -> str:
         lines.append(f"| {row['tap']} | `{row['pytorch_module']}` | `{row['tf_layer']}` | {_fmt(cumulative)} | "
                      f"{_fmt(row.get('isolated'))} | {cumulative.get('cosine', float('nan')):.9f} | "
                      f"{'' if argmax is None else f'{100 * argmax:.2f}%'} |")
+    if result.training:
+        training = result.training
+        lines += ["", "## Matcher, losses, gradients", "",
+                  "Matcher: " + ", ".join(f"{r['layer']} {'identical' if r['identical'] else 'DIFFERENT'}"
+                                          for r in training["matcher"]), "",
+                  "| loss term | PyTorch | TensorFlow | rel. error end to end | rel. error isolated |",
+                  "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {r['term']} | {r['pytorch']:.7g} | {r['tensorflow']:.7g} | {r['rel_error_cumulative']:.1e} | "
+                  f"{r['rel_error_isolated']:.1e} {'✓' if r['verdict'] == 'pass' else '✗'} |"
+                  for r in training["losses"]]
+        gradients = sorted(training["gradients"], key=lambda r: (r["analytically_zero"], r["cosine"]))
+        lines += ["", f"Gradients: {sum(r['verdict'] == 'pass' for r in gradients)}/{len(gradients)} parameter "
+                  "tensors pass (cosine ≥ 0.99999; both sides zero where the gradient is analytically zero). The "
+                  "reference's cosine with itself under another thread count is context. Lowest cosines:", "",
+                  "| TF variable | cosine TF vs PyTorch | PyTorch vs itself | rel. max error |",
+                  "| --- | --- | --- | --- |"]
+        lines += [f"| `{r['tf_variable']}` | {r['cosine']:.7f} | {r['reference_self_cosine']:.7f} | "
+                  f"{r['rel_max_error']:.1e} |" for r in gradients[:8]]
     lines += ["", "## Config lint", "", "| field | PyTorch | TensorFlow | same |", "| --- | --- | --- | --- |"]
     lines += [f"| {item['field']} | {item['pytorch']} | {item['tensorflow']} | {'✓' if item['same'] else '✗'} |"
               for item in result.lint]

