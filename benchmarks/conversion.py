@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -43,7 +44,7 @@ print(json.dumps({{"timings_s": result.timings_s, "tensor_bytes": result.tensor_
 
 def _run(code: str) -> dict[str, object]:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                          env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

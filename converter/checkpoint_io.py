@@ -70,6 +70,7 @@ class Checkpoint:
     tensors: dict[str, np.ndarray]
     metadata: dict[str, object]
     file_size: int
+    source_dtypes: set[str] = dataclasses.field(default_factory=set)  # as stored (bfloat16 is widened on read)
 
 
 def _detect_format(path: Path, head: bytes) -> str:
@@ -94,6 +95,10 @@ def _flatten_state(obj: object, path: Path) -> tuple[dict[str, object], dict[str
     if "state_dict" in obj and isinstance(obj["state_dict"], dict):
         return obj["state_dict"], {k: v for k, v in obj.items() if k != "state_dict"}
     return obj, {}
+
+
+def _dtype_name(value: object) -> str:
+    return str(value.dtype).removeprefix("torch.")
 
 
 def _to_numpy(name: str, value: object, path: Path) -> np.ndarray:
@@ -163,7 +168,8 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     tensors = {str(k): _to_numpy(str(k), v, path) for k, v in state.items()}
     if not tensors:
         raise CheckpointError(f"{path}: checkpoint holds no tensors")
-    return Checkpoint(str(path), fmt, tensors, metadata, path.stat().st_size)
+    dtypes = {_dtype_name(v) for v in state.values()}
+    return Checkpoint(str(path), fmt, tensors, metadata, path.stat().st_size, dtypes)
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> None:

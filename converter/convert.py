@@ -104,10 +104,10 @@ def convert_to_tf(source: str | os.PathLike[str], output: str | os.PathLike[str]
         resolved = resolve_preset(state, preset, checkpoint.path)
         progress("build")
         start = time.perf_counter()
-        source_dtypes = {str(v.dtype) for v in state.values()}
+        source_dtypes = set(checkpoint.source_dtypes)
         kept_dtype = None
         if keep_dtype and len(source_dtypes) == 1 and source_dtypes != {"float32"}:
-            kept_dtype = source_dtypes.pop()  # the TF variables take the source's (half) precision
+            kept_dtype = next(iter(source_dtypes))  # the TF variables take the source's (half) precision
         model = build_maskformer(resolved, dtype=kept_dtype)
         variables = {tf_variable_path(v.name): v for v in model.variables}
         timings["build_model"] = time.perf_counter() - start
@@ -121,12 +121,12 @@ def convert_to_tf(source: str | os.PathLike[str], output: str | os.PathLike[str]
         progress("write")
         start = time.perf_counter()
         write_model(model, out.tmp, formats, saved_model)
-        cast = kept_dtype is None and any(v.dtype != np.float32 for v in state.values())
+        cast = kept_dtype is None and source_dtypes != {"float32"}
         manifest = {
             "schema": MANIFEST_SCHEMA,
             "mapping_version": MAPPING_VERSION,
             "source": {"path": str(source), "sha256": sha256.result(), "format": checkpoint.format,
-                       "naming": era, "dtypes": sorted({str(v.dtype) for v in state.values()}),
+                       "naming": era, "dtypes": sorted(source_dtypes),
                        "cast_to_float32": cast, "tf_variable_dtype": kept_dtype or "float32"},
             "preset": resolved.name,
             "architecture": dataclasses.asdict(detect_architecture(state)),
@@ -192,7 +192,8 @@ def load_tf_model(model_dir: str | os.PathLike[str]) -> object:
     from tf_maskformer.modeling.factory import build_maskformer
 
     manifest = read_manifest(model_dir)
-    model = build_maskformer(get_preset(manifest["preset"]))
+    dtype = manifest["source"].get("tf_variable_dtype", "float32")
+    model = build_maskformer(get_preset(manifest["preset"]), dtype=None if dtype == "float32" else dtype)
     checkpoint_path = Path(model_dir) / "tf_checkpoint" / "ckpt"
     if Path(model_dir, "tf_checkpoint").is_dir():
         tf.train.Checkpoint(model=model).read(str(checkpoint_path)).assert_existing_objects_matched()

@@ -99,8 +99,8 @@ def torch_to_tf(state: dict[str, np.ndarray], tf_shapes: dict[str, tuple[int, ..
             if expected.shape != data.shape:
                 misshaped.append((key, tuple(data.shape), expected.shape))
                 continue
-            # Compared at the source's precision: 0.1 is not exact in float16.
-            if not np.allclose(expected, np.asarray(data, np.float32), rtol=float(np.finfo(tensor.dtype).eps), atol=0):
+            # 1 % relative: bfloat16/float16 round 0.1 (to 0.10009 / 0.09998); another weight (0.2) still fails.
+            if not np.allclose(expected, np.asarray(data, np.float32), rtol=1e-2, atol=0):
                 raise ConversionError(f"{source}: '{key}' is {data.tolist()[-3:]} at its end, but preset "
                                       f"'{preset.name}' has no_object_weight {preset.no_object_weight}",
                                       f"{key}: values differ from the preset's")

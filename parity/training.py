@@ -58,7 +58,7 @@ def run_training_parity(torch_model: object, tf_model: object, images: np.ndarra
                      for t in targets]
     criterion = torch_model.criterion
 
-    def torch_backward() -> tuple[dict, list, dict, object]:
+    def torch_backward() -> tuple[dict, list, dict, object, dict]:
         torch_model.zero_grad(set_to_none=True)
         outputs = torch_model.forward_padded(padded)
         indices = [criterion.matcher(layer, torch_targets) for layer in [outputs, *outputs["aux_outputs"]]]

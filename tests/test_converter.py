@@ -200,3 +200,18 @@ def test_unknown_architecture_needs_a_preset(seeded_checkpoint, tmp_path):
         convert_to_tf(path, tmp_path / "o")
     _one_line_error(run("convert", str(path), "-o", str(tmp_path / "o"), "--preset", "r50_nowhere"),
                     "--preset: unknown preset 'r50_nowhere'; known presets: r50_ade20k")
+
+
+def test_bfloat16_torch_file_is_reported_and_can_be_kept(seeded_checkpoint, tmp_path):
+    tensors = read_checkpoint(seeded_checkpoint("r50_ade20k")).tensors
+    path = tmp_path / "bf16.pth"
+    torch.save({"model": {k: torch.from_numpy(v).to(torch.bfloat16) for k, v in tensors.items()}}, path)
+    cast = convert_to_tf(path, tmp_path / "cast")
+    manifest = json.loads((tmp_path / "cast" / "manifest.json").read_text())
+    assert cast.cast_to_float32 and manifest["source"]["dtypes"] == ["bfloat16"]
+    convert_to_tf(path, tmp_path / "kept", keep_dtype=True)
+    kept = load_tf_model(tmp_path / "kept")
+    assert {v.dtype for v in kept.variables} == {tf.bfloat16}
+    key = "backbone.res3.1.conv2.weight"
+    expected = torch.from_numpy(tensors[key]).to(torch.bfloat16).float().numpy()
+    assert np.array_equal(convert_to_torch(tmp_path / "cast", tmp_path / "b.pth")[key], expected)
