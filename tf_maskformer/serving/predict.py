@@ -109,7 +109,7 @@ def predict_images(model_dir: str, images: list[str], output_dir: str, object_ma
         seg_legend = [("", np.zeros(3, np.uint8))] + [
             (f"{s['id']}: {s['category']}", segment_colors[i]) for i, s in enumerate(segments)]
         _overlay_png(out / f"{stem}_panoptic.png", image, panoptic, seg_legend,
-                     f"{stem}: panoptic, {len(segments)} segments ({preset.name})")
+                     f"{stem}: panoptic, {len(segments)} segment{'' if len(segments) == 1 else 's'} ({preset.name})")
         rgb = np.stack([panoptic % 256, panoptic // 256 % 256, panoptic // 65536], axis=-1).astype(np.uint8)
         atomic_write(out / f"{stem}_panoptic_map.png", lambda tmp, r=rgb: Image.fromarray(r).save(tmp, format="PNG"))
         atomic_write(out / f"{stem}_segments.json",
