@@ -109,14 +109,10 @@ def convert_to_tf(source: str | os.PathLike[str], output: str | os.PathLike[str]
         if keep_dtype and len(source_dtypes) == 1 and source_dtypes != {"float32"}:
             kept_dtype = next(iter(source_dtypes))  # the TF variables take the source's (half) precision
         model = build_maskformer(resolved, dtype=kept_dtype)
-        variables = {tf_variable_path(v.name): v for v in model.variables}
         timings["build_model"] = time.perf_counter() - start
         progress("map")
         start = time.perf_counter()
-        values, records = torch_to_tf(state, {k: tuple(v.shape) for k, v in variables.items()}, resolved,
-                                      source=checkpoint.path, keep_dtype=keep_dtype)
-        for name, variable in variables.items():
-            variable.assign(values.pop(name).astype(variable.dtype.as_numpy_dtype, copy=False))  # freed as assigned
+        records = assign_converted(model, state, resolved, checkpoint.path, keep_dtype)
         timings["map"] = time.perf_counter() - start
         progress("write")
         start = time.perf_counter()
@@ -154,12 +150,19 @@ def tf_model_from_checkpoint(source: str | os.PathLike[str], preset: MaskFormerP
     state, _ = original_live_state(checkpoint)
     resolved = resolve_preset(state, preset, checkpoint.path)
     model = build_maskformer(resolved)
-    variables = {tf_variable_path(v.name): v for v in model.variables}
-    values, _ = torch_to_tf(state, {k: tuple(v.shape) for k, v in variables.items()}, resolved,
-                            source=checkpoint.path)
-    for name, variable in variables.items():
-        variable.assign(values.pop(name))
+    assign_converted(model, state, resolved, checkpoint.path)
     return model, resolved
+
+
+def assign_converted(model: object, state: dict[str, np.ndarray], preset: MaskFormerPreset, source: str,
+                     keep_dtype: bool = False) -> list[TensorRecord]:
+    """Map live-named tensors through the registry into a built TF model's variables (with accounting)."""
+    variables = {tf_variable_path(v.name): v for v in model.variables}
+    values, records = torch_to_tf(state, {k: tuple(v.shape) for k, v in variables.items()}, preset,
+                                  source=source, keep_dtype=keep_dtype)
+    for name, variable in variables.items():
+        variable.assign(values.pop(name).astype(variable.dtype.as_numpy_dtype, copy=False))  # freed as assigned
+    return records
 
 
 def write_model(model: object, directory: Path, formats: tuple[str, ...], saved_model: bool) -> None:

@@ -78,55 +78,62 @@ def expected_source_shapes(tf_shapes: dict[str, tuple[int, ...]], preset: MaskFo
     return {k: v.shape for k, v in tf_to_torch(zeros, preset).items()}
 
 
+def _map_tensor(key: str, value: np.ndarray, tf_shapes: dict[str, tuple[int, ...]]
+                ) -> tuple[str, Rule, list[str], list[np.ndarray]] | None:
+    """One source tensor through its rule: (family, rule, TF variables, values), or None when it has no
+    rule, a target the model lacks, or a shape the rule cannot turn into the targets'."""
+    found = match_source(key)
+    if found is None:
+        return None
+    family, rule, fields = found
+    targets = rule.target_names(fields)
+    if any(t not in tf_shapes for t in targets):
+        return None
+    target_shapes = [tuple(tf_shapes[t]) for t in targets]
+    try:
+        converted = rule.transform.forward(value, target_shapes)
+    except ValueError:  # a reshape the rule declares could not preserve the element count
+        return None
+    if [c.shape for c in converted] != target_shapes:
+        return None
+    return family, rule, targets, converted
+
+
 def torch_to_tf(state: dict[str, np.ndarray], tf_shapes: dict[str, tuple[int, ...]], preset: MaskFormerPreset,
                 source: str = "checkpoint", keep_dtype: bool = False
                 ) -> tuple[dict[str, np.ndarray], list[TensorRecord]]:
     """Live-named PyTorch tensors -> {TF variable path: value}, or ConversionError with a full report."""
     values: dict[str, np.ndarray] = {}
     records: list[TensorRecord] = []
-    unexpected: dict[str, tuple[int, ...]] = {}
-    misshaped: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = []
+    rejected = False
     for key, tensor in state.items():
-        found = match_source(key)
-        targets = found[1].target_names(found[2]) if found else []
-        if found is None or any(t not in tf_shapes for t in targets):
-            unexpected[key] = tuple(tensor.shape)
-            continue
-        family, rule, _ = found
         data = tensor if keep_dtype else np.asarray(tensor, dtype=np.float32)
+        mapped = _map_tensor(key, data, tf_shapes)
+        if mapped is None:
+            rejected = True  # named, with its expected shape or closest name, by the report below
+            continue
+        family, rule, targets, converted = mapped
         if key in DERIVED:
             expected = DERIVED[key](preset)
-            if expected.shape != data.shape:
-                misshaped.append((key, tuple(data.shape), expected.shape))
+            if expected.shape != data.shape:  # another class count: reported with the other keys
+                rejected = True
                 continue
             # 1 % relative: bfloat16/float16 round 0.1 (to 0.10009 / 0.09998); another weight (0.2) still fails.
             if not np.allclose(expected, np.asarray(data, np.float32), rtol=1e-2, atol=0):
                 raise ConversionError(f"{source}: '{key}' is {data.tolist()[-3:]} at its end, but preset "
                                       f"'{preset.name}' has no_object_weight {preset.no_object_weight}",
                                       f"{key}: values differ from the preset's")
-        target_shapes = [tuple(tf_shapes[t]) for t in targets]
-        try:
-            converted = rule.transform.forward(data, target_shapes)
-        except ValueError:  # a reshape the rule declares could not preserve the element count
-            converted = None
-        if converted is None or [c.shape for c in converted] != target_shapes:
-            expected_shape = expected_source_shapes({t: tf_shapes[t] for t in targets}, preset).get(key)
-            misshaped.append((key, tuple(tensor.shape), tuple(expected_shape or ())))
-            continue
         for target, value in zip(targets, converted, strict=True):
             if target in values:
                 raise ConversionError(f"{source}: TF variable '{target}' assigned twice (second by '{key}')",
                                       "mapping registry error: two rules map onto one variable")
             values[target] = np.ascontiguousarray(value)
         records.append(TensorRecord(key, family, targets, rule.transform.name, list(tensor.shape),
-                                    [list(s) for s in target_shapes], str(tensor.dtype),
+                                    [list(tf_shapes[t]) for t in targets], str(tensor.dtype),
                                     f"{zlib.crc32(np.ascontiguousarray(data)):08x}"))
-    unassigned = {t: s for t, s in tf_shapes.items() if t not in values}
-    if unexpected or misshaped or unassigned:
-        expected_sources = expected_source_shapes(tf_shapes, preset)
-        mismatch = compare_keys(
-            {**{k: v for k, v in state.items() if k not in unexpected}, **unexpected}, expected_sources)
-        mismatch.misshaped = sorted(set(mismatch.misshaped) | set(misshaped))
+    if rejected or len(values) != len(tf_shapes):
+        # Missing, unexpected and mis-shaped keys, all against the source names the TF model implies.
+        mismatch = compare_keys(state, expected_source_shapes(tf_shapes, preset))
         raise ConversionError(f"{source}: does not fit preset '{preset.name}': {mismatch.summary()}",
                               mismatch.report(), mismatch)
     return values, records
@@ -138,14 +145,10 @@ def map_to_tf_layout(tensors: dict[str, np.ndarray], tf_shapes: dict[str, tuple[
     layout, without the whole-checkpoint accounting of torch_to_tf."""
     mapped = {}
     for key, value in tensors.items():
-        found = match_source(key)
-        if found is None:
-            raise ConversionError(f"'{key}' matches no rule", key)
-        _, rule, fields = found
-        targets = rule.target_names(fields)
-        for target, converted in zip(targets, rule.transform.forward(value, [tuple(tf_shapes[t]) for t in targets]),
-                                     strict=True):
-            mapped[target] = converted
+        result = _map_tensor(key, value, tf_shapes)
+        if result is None:
+            raise ConversionError(f"'{key}' matches no rule or no variable of the model", key)
+        mapped.update(zip(result[2], result[3], strict=True))
     return mapped
 
 

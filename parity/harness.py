@@ -115,17 +115,18 @@ def _panoptic_quality(reference: np.ndarray, other: np.ndarray, categories: dict
         return float(metric.result()["All_pq"])
 
 
-def postprocess_parity(torch_model: object, images: np.ndarray, torch_images: list, tf_final: dict, padded: tuple
+def postprocess_parity(torch_model: object, images: np.ndarray, torch_final: dict, tf_final: dict, padded: tuple
                        ) -> list[dict[str, object]]:
-    """Semantic argmax agreement and panoptic maps of both inference pipelines (preset and low thresholds)."""
+    """Semantic argmax agreement and panoptic maps of both inference pipelines (preset and low thresholds),
+    each on its own model's raw outputs of the forward already run."""
     from tf_maskformer.modeling.inference import postprocess
 
     preset = torch_model.preset
     rows = []
     for label, thresholds in (("preset", (preset.object_mask_threshold, preset.overlap_threshold)),
                               ("low", LOW_THRESHOLDS)):
-        expected = torch_model.inference(torch_images, object_mask_threshold=thresholds[0],
-                                         overlap_threshold=thresholds[1])
+        expected = torch_model.postprocess(torch_final, padded, [tuple(images.shape[1:3])] * len(images),
+                                           object_mask_threshold=thresholds[0], overlap_threshold=thresholds[1])
         got = postprocess(tf_final, preset, padded, images.shape[1:3], None, *thresholds)
         if label == "preset":
             agreement = float(np.mean([np.mean(got["semantic_map"][b].numpy() == e["sem_seg"].argmax(0).numpy())
@@ -203,7 +204,7 @@ def run_parity(torch_model: object, tf_model: object, images: np.ndarray, profil
         rows.append(row)
 
     if "cumulative" in modes:
-        rows += postprocess_parity(torch_model, np.asarray(images), torch_images, tf_final,
+        rows += postprocess_parity(torch_model, np.asarray(images), torch_final, tf_final,
                                    tuple(tf_inputs.shape[1:3]))
     lint = config_lint(torch_model, tf_model)
     first = next((r["tap"] for r in rows if r.get("cumulative", {}).get("verdict", "pass") != "pass"), None)

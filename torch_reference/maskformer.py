@@ -156,9 +156,15 @@ class MaskFormer(nn.Module):
                   overlap_threshold: float | None = None) -> list[dict[str, object]]:
         """Per image: "sem_seg" [K, h, w] scores and "panoptic_seg" (id map, segments), at output size."""
         padded, sizes = self.preprocess(images)
-        outputs = self.forward_padded(padded)
-        mask_preds = F.interpolate(outputs["pred_masks"], size=padded.shape[-2:], mode="bilinear",
-                                   align_corners=False)
+        return self.postprocess(self.forward_padded(padded), tuple(padded.shape[-2:]), sizes, output_sizes,
+                                object_mask_threshold, overlap_threshold)
+
+    @torch.no_grad()
+    def postprocess(self, outputs: dict[str, object], padded_size: tuple[int, int], sizes: list[tuple[int, int]],
+                    output_sizes: list[tuple[int, int]] | None = None, object_mask_threshold: float | None = None,
+                    overlap_threshold: float | None = None) -> list[dict[str, object]]:
+        """The inference of `inference` on raw outputs already computed for a padded batch."""
+        mask_preds = F.interpolate(outputs["pred_masks"], size=padded_size, mode="bilinear", align_corners=False)
         preset = self.preset
         results = []
         for b, (height, width) in enumerate(sizes):
