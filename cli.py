@@ -282,7 +282,8 @@ def cmd_parity(args: argparse.Namespace) -> int:
             worst = min(training["gradients"], key=lambda r: 2.0 if r["analytically_zero"] else r["cosine"])
             _console().print(
                 f"matcher: {sum(r['identical'] for r in training['matcher'])}/{len(training['matcher'])} layers "
-                f"identical; losses: worst isolated rel. error "
+                f"identical (scipy), {sum(r['in_graph_identical'] for r in training['matcher'])} (in-graph); "
+                f"losses: worst isolated rel. error "
                 f"{max(r['rel_error_isolated'] for r in training['losses']):.1e}, worst end-to-end "
                 f"{max(r['rel_error_cumulative'] for r in training['losses']):.1e}; gradients: "
                 f"{sum(r['verdict'] == 'pass' for r in training['gradients'])}/{len(training['gradients'])} pass, "

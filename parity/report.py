@@ -48,8 +48,10 @@ def markdown(result: ParityResult, meta: dict[str, object]) -> str:
     if result.training:
         training = result.training
         lines += ["", "## Matcher, losses, gradients", "",
-                  "Matcher: " + ", ".join(f"{r['layer']} {'identical' if r['identical'] else 'DIFFERENT'}"
-                                          for r in training["matcher"]), "",
+                  "Matcher (scipy on the host / in-graph XLA solver, against the PyTorch assignment): "
+                  + ", ".join(f"{r['layer']} {'identical' if r['identical'] else 'DIFFERENT'}"
+                              f"/{'identical' if r['in_graph_identical'] else 'DIFFERENT'}"
+                              for r in training["matcher"]), "",
                   "| loss term | PyTorch | TensorFlow | rel. error end to end | rel. error isolated |",
                   "| --- | --- | --- | --- | --- |"]
         lines += [f"| {r['term']} | {r['pytorch']:.7g} | {r['tensorflow']:.7g} | {r['rel_error_cumulative']:.1e} | "

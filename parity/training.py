@@ -47,6 +47,7 @@ def run_training_parity(torch_model: object, tf_model: object, images: np.ndarra
     import tensorflow as tf
     import torch
 
+    from tf_maskformer.losses.maskformer_losses import MaskFormerLoss, pad_targets, to_indices
     from tf_maskformer.losses.maskformer_losses import SetCriterion as TfCriterion
 
     torch_model.eval()  # dropout off; gradients still flow (FrozenBN takes its scale/shift path)
@@ -95,12 +96,24 @@ def run_training_parity(torch_model: object, tf_model: object, images: np.ndarra
                "layer_masks": tf.constant(np.stack([o["pred_masks"].detach().numpy() for o in in_layer_order]))}
     isolated_losses, _ = tf_criterion(stacked, tf_targets,
                                       indices=[[(s.numpy(), t.numpy()) for s, t in layer] for layer in torch_indices])
+    # The in-graph solver (the XLA/TPU training path) on the same TF costs, compiled as in training.
+    in_graph = MaskFormerLoss(tf_model.preset, "hungarian")
+    match = tf.function(in_graph.match, jit_compile=True)
+    padded_targets = pad_targets(tf_targets)
+    in_graph_indices = [to_indices(match(tf_outputs["layer_logits"][layer], tf_outputs["layer_masks"][layer],
+                                         padded_targets))
+                        for layer in [len(torch_layers) - 1, *range(len(torch_layers) - 1)]]
     layer_names = ["final", *[f"aux_{i}" for i in range(len(torch_layers) - 1)]]
-    matcher_rows = []
-    for name, torch_layer, tf_layer in zip(layer_names, torch_indices, tf_indices, strict=True):
-        same = all(np.array_equal(s.numpy(), ts) and np.array_equal(t.numpy(), tt)
+
+    def same(torch_layer: list, tf_layer: list) -> bool:
+        return all(np.array_equal(s.numpy(), ts) and np.array_equal(t.numpy(), tt)
                    for (s, t), (ts, tt) in zip(torch_layer, tf_layer, strict=True))
-        matcher_rows.append({"layer": name, "identical": same})
+
+    matcher_rows = []
+    for name, torch_layer, tf_layer, graph_layer in zip(layer_names, torch_indices, tf_indices, in_graph_indices,
+                                                         strict=True):
+        matcher_rows.append({"layer": name, "identical": same(torch_layer, tf_layer),
+                             "in_graph_identical": same(torch_layer, graph_layer)})
     loss_rows = []
     for key, value in torch_losses.items():
         reference = float(value.detach())
@@ -132,5 +145,6 @@ def run_training_parity(torch_model: object, tf_model: object, images: np.ndarra
     return {"matcher": matcher_rows, "losses": loss_rows, "gradients": gradient_rows,
             "total_loss": {"pytorch": float(total.detach()), "tensorflow": float(tf_total)},
             "missing_gradients": sorted(set(shapes) - set(mapped)),
-            "passed": all(r["identical"] for r in matcher_rows) and all(r["verdict"] == "pass" for r in loss_rows)
+            "passed": all(r["identical"] and r["in_graph_identical"] for r in matcher_rows)
+            and all(r["verdict"] == "pass" for r in loss_rows)
             and all(r["verdict"] == "pass" for r in gradient_rows) and not (set(shapes) - set(mapped))}

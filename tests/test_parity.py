@@ -106,7 +106,7 @@ def test_matcher_losses_and_gradients_agree(seeded_checkpoint, preset_name):
     tf_model = converted_tf_model(seeded_checkpoint(preset_name), preset_name)
     result = run_training_parity(torch_model, tf_model, synthetic_images(4, 2, 150, 210))
     assert [r["layer"] for r in result["matcher"]] == ["final", "aux_0", "aux_1", "aux_2", "aux_3", "aux_4"]
-    assert all(r["identical"] for r in result["matcher"])
+    assert all(r["identical"] and r["in_graph_identical"] for r in result["matcher"])
     assert len(result["losses"]) == 18
     for row in result["losses"]:
         assert row["rel_error_isolated"] <= 1e-6, row
