@@ -294,6 +294,111 @@ def cmd_parity(args: argparse.Namespace) -> int:
     return EXIT_OK if result.passed else EXIT_INPUT_ERROR
 
 
+def cmd_synthetic_data(args: argparse.Namespace) -> int:
+    from tf_maskformer.dataloaders.synthetic_coco_panoptic import write_synthetic_coco_panoptic
+
+    for split, count, seed in (("train", args.train, args.seed), ("val", args.val, args.seed + 1)):
+        if count:
+            path = write_synthetic_coco_panoptic(args.output, split, count, seed=seed, dataset=args.dataset)
+            print(f"{path} ({count} images)")
+    return EXIT_OK
+
+
+def cmd_make_tfrecords(args: argparse.Namespace) -> int:
+    from tf_maskformer.dataloaders.coco_panoptic_tfrecords import DatasetError, write_panoptic_tfrecords
+
+    try:
+        shards = write_panoptic_tfrecords(args.images, args.panoptic_json, args.panoptic_dir, args.output,
+                                          prefix=args.prefix, num_shards=args.shards, force=args.force,
+                                          progress=True)
+    except DatasetError as err:
+        raise UserError(str(err)) from None
+    print(f"{len(shards)} shards: {shards[0].parent}/{args.prefix}-*.tfrecord (+ label_map.json)")
+    return EXIT_OK
+
+
+def _training_params(args: argparse.Namespace) -> object:
+    from tf_maskformer import train
+
+    overrides: dict = {"task": {}, "runtime": {}}
+    if getattr(args, "init_from", None):
+        overrides["task"]["init_checkpoint"] = args.init_from
+    if args.train_data:
+        overrides["task"]["train_data"] = {"input_path": args.train_data}
+    if args.val_data:
+        overrides["task"]["validation_data"] = {"input_path": args.val_data}
+    if getattr(args, "steps", None):
+        overrides["trainer"] = {"train_steps": args.steps}
+    if getattr(args, "mixed_bfloat16", False):
+        overrides["runtime"]["mixed_precision_dtype"] = "bfloat16"
+    try:
+        return train.build_params(args.experiment, args.config_file, args.params_override,
+                                  {k: v for k, v in overrides.items() if v})
+    except (ValueError, KeyError, AttributeError) as err:
+        raise UserError(str(err).splitlines()[0]) from None
+
+
+def _run_training(args: argparse.Namespace, mode: str) -> dict:
+    from tf_maskformer import train
+    from tf_maskformer.tasks.panoptic_maskformer import InitCheckpointError
+
+    params = _training_params(args)
+    for name, data in (("--train-data", params.task.train_data), ("--val-data", params.task.validation_data)):
+        needed = mode.startswith("train") if name == "--train-data" else mode != "train"
+        if needed and not _glob_matches(data.input_path):
+            raise UserError(f"{name}: no file matches {data.input_path!r}")
+    strategy = train.build_strategy(args.tpu, cpu_replicas=args.cpu_replicas)
+    try:
+        return train.run(params, args.model_dir, mode=mode, strategy=strategy)
+    except InitCheckpointError as err:
+        raise UserError(str(err)) from None
+
+
+def _glob_matches(pattern: str) -> bool:
+    import glob
+
+    return any(glob.glob(p) for p in pattern.split(","))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tf_maskformer.train import plot_loss_curve
+
+    logs = _run_training(args, "train_and_eval" if args.evaluate else "train")
+    if args.loss_curve:
+        png = plot_loss_curve(args.model_dir, args.loss_curve, f"fine-tune: {args.experiment}")
+        print(f"loss curve: {png}")
+    if logs:
+        print(json.dumps(logs, indent=1))
+    return EXIT_OK
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    logs = _run_training(args, "eval")
+    if args.json:
+        print(json.dumps(logs, indent=1))
+        return EXIT_OK
+    table = Table(title=f"evaluation of {args.model_dir}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in sorted(logs.items()):
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    _console().print(table)
+    return EXIT_OK
+
+
+def _add_training_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--experiment", default="maskformer_synthetic_smoke", help="a registered experiment")
+    p.add_argument("--config_file", action="append", help="YAML overriding the experiment (repeatable)")
+    p.add_argument("--params_override", help="e.g. 'task.train_data.global_batch_size=8,trainer.train_steps=100'")
+    p.add_argument("--model-dir", required=True, help="checkpoints and summaries (a rerun resumes from here)")
+    p.add_argument("--train-data", help="TFRecord glob (overrides task.train_data.input_path)")
+    p.add_argument("--val-data", help="TFRecord glob (overrides task.validation_data.input_path)")
+    p.add_argument("--tpu", help="TPU address: runs under TPUStrategy")
+    p.add_argument("--cpu-replicas", type=int, default=1, help="MirroredStrategy over N logical CPUs (checks)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mfport", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="on errors, print the full report")
@@ -357,6 +462,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--object-mask-threshold", type=float, help="override the preset's (panoptic)")
     p.add_argument("--overlap-threshold", type=float, help="override the preset's (panoptic)")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("synthetic-data", help="write a small synthetic data set in COCO panoptic format")
+    p.add_argument("-o", "--output", required=True, help="root: {train,val}2017/, annotations/")
+    p.add_argument("--train", type=int, default=16, help="training images")
+    p.add_argument("--val", type=int, default=4, help="validation images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dataset", default="coco_panoptic_133", choices=["coco_panoptic_133", "ade20k_150"])
+    p.set_defaults(func=cmd_synthetic_data)
+
+    p = sub.add_parser("make-tfrecords", help="COCO panoptic (JSON + PNGs + images) -> sharded TFRecords")
+    p.add_argument("--images", required=True, help="image directory (e.g. train2017/)")
+    p.add_argument("--panoptic-json", required=True, help="e.g. annotations/panoptic_train2017.json")
+    p.add_argument("--panoptic-dir", required=True, help="e.g. annotations/panoptic_train2017/")
+    p.add_argument("-o", "--output", required=True, help="output directory (label_map.json lands there too)")
+    p.add_argument("--prefix", default="train")
+    p.add_argument("--shards", type=int, default=4)
+    p.add_argument("--force", action="store_true", help="replace existing PREFIX-*.tfrecord")
+    p.set_defaults(func=cmd_make_tfrecords)
+
+    p = sub.add_parser("train", help="fine-tune on the Model Garden trainer (resumes from --model-dir)")
+    _add_training_flags(p)
+    p.add_argument("--init-from", help="a directory written by mfport convert (task.init_checkpoint)")
+    p.add_argument("--steps", type=int, help="trainer.train_steps")
+    p.add_argument("--mixed-bfloat16", action="store_true", help="runtime.mixed_precision_dtype=bfloat16")
+    p.add_argument("--evaluate", action="store_true", help="train_and_eval instead of train")
+    p.add_argument("--loss-curve", help="write the loss curve PNG here at the end")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="panoptic quality and mIoU of the newest checkpoint in --model-dir")
+    _add_training_flags(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
     return parser
 
 

@@ -13,6 +13,11 @@ import dataclasses
 class DatasetClasses:
     names: tuple[str, ...]
     thing_ids: frozenset[int]
+    # The data set's own category ids in contiguous order (COCO's have gaps); empty: 1..K.
+    category_ids: tuple[int, ...] = ()
+
+    def source_ids(self) -> tuple[int, ...]:
+        return self.category_ids or tuple(range(1, len(self.names) + 1))
 
 
 _COCO_THINGS = (
@@ -36,6 +41,16 @@ _COCO_STUFF = (
     "sky-other-merged", "cabinet-merged", "table-merged", "floor-other-merged", "pavement-merged",
     "mountain-merged", "grass-merged", "dirt-merged", "paper-merged", "food-other-merged",
     "building-other-merged", "rock-merged", "wall-other-merged", "rug-merged",
+)
+
+# COCO panoptic category ids, in the contiguous order above (things 1..90 with gaps, stuff 92..200).
+_COCO_CATEGORY_IDS = (
+    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28, 31, 32,
+    33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59,
+    60, 61, 62, 63, 64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84, 85, 86, 87, 88, 89, 90,
+    92, 93, 95, 100, 107, 109, 112, 118, 119, 122, 125, 128, 130, 133, 138, 141, 144, 145, 147, 148, 149,
+    151, 154, 155, 156, 159, 161, 166, 168, 171, 175, 176, 177, 178, 180, 181, 184, 185, 186, 187, 188, 189,
+    190, 191, 192, 193, 194, 195, 196, 197, 198, 199, 200,
 )
 
 _ADE20K_NAMES = (
@@ -66,7 +81,8 @@ _ADE20K_STUFF_IDS = frozenset({
 
 DATASETS: dict[str, DatasetClasses] = {
     "coco_panoptic_133": DatasetClasses(
-        names=_COCO_THINGS + _COCO_STUFF, thing_ids=frozenset(range(len(_COCO_THINGS)))),
+        names=_COCO_THINGS + _COCO_STUFF, thing_ids=frozenset(range(len(_COCO_THINGS))),
+        category_ids=_COCO_CATEGORY_IDS),
     "ade20k_150": DatasetClasses(
         names=_ADE20K_NAMES,
         thing_ids=frozenset(range(len(_ADE20K_NAMES))) - _ADE20K_STUFF_IDS),

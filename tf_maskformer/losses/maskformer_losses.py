@@ -198,11 +198,17 @@ class MaskFormerLoss:
                 "loss_dice": tf.reduce_sum(dice * pair) / num_masks}
 
     def __call__(self, outputs: dict[str, tf.Tensor], targets: PaddedTargets,
-                 query_for_target: list[tf.Tensor] | None = None) -> tuple[dict[str, tf.Tensor], list[tf.Tensor]]:
+                 query_for_target: list[tf.Tensor] | None = None,
+                 normalisers: tuple[tf.Tensor, tf.Tensor] | None = None
+                 ) -> tuple[dict[str, tf.Tensor], list[tf.Tensor]]:
         """Unweighted terms loss_* (final) and loss_*_{i} (aux layer i), and the assignment used per layer
-        (final first) as query-per-target [B, M]. `query_for_target` forces the assignment."""
+        (final first) as query-per-target [B, M]. `query_for_target` forces the assignment; `normalisers`
+        passes (num_masks, weight_sum) computed beforehand (outside an XLA cluster, where the cross-replica
+        sum runs)."""
         layers = outputs["layer_logits"].shape[0]
-        num_masks, weight_sum = self.normalisers(targets, outputs["layer_logits"].shape[2])
+        if normalisers is None:
+            normalisers = self.normalisers(targets, outputs["layer_logits"].shape[2])
+        num_masks, weight_sum = normalisers
         order = [layers - 1, *range(layers - 1)] if self.preset.deep_supervision else [layers - 1]
         losses, used = {}, []
         for position, layer in enumerate(order):
