@@ -350,8 +350,8 @@ def _run_training(args: argparse.Namespace, mode: str) -> dict:
     strategy = train.build_strategy(args.tpu, cpu_replicas=args.cpu_replicas)
     try:
         return train.run(params, args.model_dir, mode=mode, strategy=strategy)
-    except InitCheckpointError as err:
-        raise UserError(str(err)) from None
+    except (InitCheckpointError, ValueError) as err:
+        raise UserError(str(err).splitlines()[0]) from None
 
 
 def _glob_matches(pattern: str) -> bool:
@@ -376,8 +376,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     logs = _run_training(args, "eval")
-    if args.json:
-        print(json.dumps(logs, indent=1))
+    if args.json:  # one line, the last: Orbit prints its own progress to stdout before it
+        print(json.dumps(logs))
         return EXIT_OK
     table = Table(title=f"evaluation of {args.model_dir}")
     table.add_column("metric")

@@ -68,8 +68,15 @@ def run(params: cfg.ExperimentConfig, model_dir: str | os.PathLike[str], mode: s
     Path(model_dir).mkdir(parents=True, exist_ok=True)
     with strategy.scope():
         task = tf_maskformer.tasks.panoptic_maskformer.PanopticMaskFormerTask(params.task, logging_dir=str(model_dir))
-    _, eval_logs = train_lib.run_experiment(distribution_strategy=strategy, task=task, mode=mode, params=params,
-                                            model_dir=str(model_dir))
+    if mode == "eval" and tf.train.latest_checkpoint(str(model_dir)) is None:
+        raise ValueError(f"--model-dir: {model_dir} holds no checkpoint to evaluate")
+    runner = train_lib.OrbitExperimentRunner(distribution_strategy=strategy, task=task, mode=mode, params=params,
+                                             model_dir=str(model_dir))
+    if mode == "eval":  # the runner's own eval mode discards the logs; the controller returns them
+        with strategy.scope():
+            eval_logs = runner.controller.evaluate(steps=params.trainer.validation_steps)
+    else:
+        _, eval_logs = runner.run()
     return {k: float(v) if hasattr(v, "__float__") else v for k, v in (eval_logs or {}).items()}
 
 

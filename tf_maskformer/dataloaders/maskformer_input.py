@@ -69,7 +69,11 @@ class Parser(parser.Parser):
         scale_min, scale_max = (self.aug_scale_min, self.aug_scale_max) if training else (1.0, 1.0)
         image, info = preprocess_ops.resize_and_crop_image(image, self.output_size, self.output_size,
                                                            aug_scale_min=scale_min, aug_scale_max=scale_max)
-        maps = preprocess_ops.resize_and_crop_masks(maps[None], info[2], self.output_size, info[3])[0]
+        # Hand-written: resize_and_crop_masks truncates scale * size, one pixel short of the image's rounded size.
+        scaled = tf.image.resize(maps, tf.cast(tf.round(info[0] * info[2]), tf.int32), method="nearest")
+        offset = tf.cast(info[3], tf.int32)
+        scaled = scaled[offset[0]:offset[0] + self.output_size[0], offset[1]:offset[1] + self.output_size[1]]
+        maps = tf.image.pad_to_bounding_box(scaled, 0, 0, *self.output_size)
         pixel_valid = maps[..., 1] > 0.5
         return image, tf.where(pixel_valid, tf.cast(maps[..., 0], tf.int32), 0), pixel_valid
 

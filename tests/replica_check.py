@@ -1,0 +1,80 @@
+"""Run as a script (TF must configure its devices first): one train step of the same global batch under the
+default strategy and under MirroredStrategy over N logical CPUs; prints JSON with both losses and the
+largest weight difference after the step. Optional: --bfloat16 runs one mixed_bfloat16 step as well."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import tensorflow as tf
+
+REPLICAS = 2
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * REPLICAS)
+
+from official.modeling import performance  # noqa: E402
+
+from tf_maskformer.tasks.panoptic_maskformer import PanopticMaskFormerTask  # noqa: E402
+from tf_maskformer.train import build_params  # noqa: E402
+
+
+def one_step(strategy: tf.distribute.Strategy, params: object, batch: tuple, init: list[np.ndarray]
+             ) -> tuple[float, list[np.ndarray]]:
+    with strategy.scope():
+        task = PanopticMaskFormerTask(params.task)
+        model = task.build_model()
+        for variable, value in zip(model.variables, init, strict=True):
+            variable.assign(value)
+        optimizer = task.create_optimizer(params.trainer.optimizer_config, params.runtime)
+        metrics = task.build_metrics(training=True)
+    dataset = strategy.experimental_distribute_dataset(
+        tf.data.Dataset.from_tensors(batch).unbatch().batch(params.task.train_data.global_batch_size))
+
+    @tf.function
+    def step(inputs: tuple) -> tf.Tensor:
+        logs = strategy.run(lambda x: task.train_step(x, model, optimizer, metrics), args=(inputs,))
+        return strategy.reduce(tf.distribute.ReduceOp.MEAN, logs["loss"], axis=None)
+
+    loss = float(step(next(iter(dataset))))
+    return loss, [v.numpy() for v in model.trainable_variables]
+
+
+def main() -> None:
+    records = sys.argv[1]
+    bfloat16 = "--bfloat16" in sys.argv
+    params = build_params("maskformer_synthetic_smoke", params_override=(
+        f"task.train_data.input_path={records},task.model.dropout=0.0,task.model.input_size=[64, 64],"
+        "task.train_data.aug_rand_hflip=false,task.train_data.aug_scale_min=1.0,task.train_data.aug_scale_max=1.0,"
+        "task.train_data.max_segments=8"))
+    single = tf.distribute.get_strategy()
+    with single.scope():
+        task = PanopticMaskFormerTask(params.task)
+        batch = next(iter(task.build_inputs(params.task.train_data)))
+        init = [v.numpy() for v in task.build_model().variables]
+    one_loss, one_weights = one_step(single, params, batch, init)
+    mirrored = tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(REPLICAS)])
+    two_loss, two_weights = one_step(mirrored, params, batch, init)
+    moved = max(float(np.abs(a - b).max()) for a, b in zip(init_trainable(params, init), one_weights, strict=True))
+    result = {"one_device_loss": one_loss, "mirrored_loss": two_loss, "replicas": mirrored.num_replicas_in_sync,
+              "max_weight_difference": max(float(np.abs(a - b).max())
+                                           for a, b in zip(one_weights, two_weights, strict=True)),
+              "max_weight_update": moved}
+    if bfloat16:
+        performance.set_mixed_precision_policy("bfloat16")
+        result["bfloat16_loss"], weights = one_step(single, params, batch, init)
+        result["bfloat16_finite"] = bool(all(np.isfinite(w).all() for w in weights))
+    print(json.dumps(result))
+
+
+def init_trainable(params: object, init: list[np.ndarray]) -> list[np.ndarray]:
+    task = PanopticMaskFormerTask(params.task)
+    model = task.build_model()
+    for variable, value in zip(model.variables, init, strict=True):
+        variable.assign(value)
+    return [v.numpy() for v in model.trainable_variables]
+
+
+if __name__ == "__main__":
+    main()
