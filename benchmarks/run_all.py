@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import conversion, forward_latency
+from benchmarks import conversion, forward_latency, matcher, train_step
 
 
 def main() -> int:
     from rich.console import Console
     from rich.table import Table
 
-    results = {"forward_latency": forward_latency.main([]), "conversion": conversion.main([])}
+    results = {"forward_latency": forward_latency.main([]), "conversion": conversion.main([]),
+               "train_step": train_step.main([]), "matcher": matcher.main([])}
     table = Table(title="mfport benchmarks (benchmarks/results/*.json)")
     for column in ("benchmark", "measured", "target", "met"):
         table.add_column(column)
@@ -28,6 +29,16 @@ def main() -> int:
     table.add_row("conversion peak memory", f"{cv['conversion']['peak_rss_mb']:.0f} MB "
                   f"(baseline {cv['baseline']['peak_rss_mb']:.0f} MB)",
                   f"<= {cv['targets']['peak_rss_mb_at_most']:.0f} MB", str(cv["targets"]["memory_met"]))
+    ts = results["train_step"]
+    table.add_row("train step 512x512 b2, 2 threads",
+                  ", ".join(f"{k} {v['median_s']:.2f}s" for k, v in ts["modes"].items()),
+                  f"TF <= {ts['target']['ratio_at_most']}x pytorch (now " + ", ".join(
+                      f"{k} {v:.2f}x" for k, v in ts["ratio_to_pytorch"].items()) + ")",
+                  ", ".join(f"{k} {v}" for k, v in ts["target"]["met"].items()))
+    mt = results["matcher"]
+    for case, timings in mt["cases"].items():
+        table.add_row(f"matcher {case}", ", ".join(f"{k} {v['median_ms']:.1f}ms" for k, v in timings.items()),
+                      f"in-graph <= {mt['target']['in_graph_ms_at_most']:.0f} ms", str(mt["target"]["met"]))
     Console().print(table)
     return 0
 

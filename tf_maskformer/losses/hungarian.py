@@ -9,7 +9,7 @@ host op is involved.
 
 Hand-written because it runs inside the compiled train step: the Model Garden's DETR matcher
 (official.projects.detr.ops.matchers) is correct but iterates cover/zero-finding loops over padded
-square matrices and is ~20x slower here; benchmarks/matcher.py measures both against scipy.
+square matrices: ~1 s against ~17 ms for 16 x 100 x 100 here (benchmarks/matcher.py, scipy beside).
 
 Rows are the targets and columns the queries (scipy solves MaskFormer's [queries, targets] problem in
 this transposed orientation too). Invalid (padding) rows are skipped; every valid row is assigned a

@@ -27,6 +27,10 @@ from tf_maskformer.losses.hungarian import hungarian_assignment
 from tf_maskformer.modeling.layers import bilinear_resize, nearest_resize_like_torch
 from torch_reference.presets import MaskFormerPreset
 
+# Compiled on its own so that the solve is one XLA program in eager and graph mode too; inside an
+# XLA-compiled train step it is simply inlined.
+_hungarian_xla = tf.function(hungarian_assignment, jit_compile=True)
+
 PaddedTargets = dict[str, tf.Tensor]
 Targets = list[dict[str, tf.Tensor]]  # per image: labels int [N], masks float [N, H, W] (padded size)
 Indices = list[tuple[np.ndarray, np.ndarray]]
@@ -140,7 +144,7 @@ class MaskFormerLoss:
         valid = tf.cast(targets["valid"], tf.bool)
         if self.matcher == "scipy":
             return scipy_assignment(cost, valid)
-        return hungarian_assignment(cost, valid)
+        return _hungarian_xla(cost, valid)
 
     def normalisers(self, targets: PaddedTargets, queries: int) -> tuple[tf.Tensor, tf.Tensor]:
         """(num_masks, CE weight sum), each the global total over replicas divided by their number.
