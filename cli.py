@@ -351,6 +351,8 @@ def _run_training(args: argparse.Namespace, mode: str) -> dict:
     try:
         return train.run(params, args.model_dir, mode=mode, strategy=strategy)
     except (InitCheckpointError, ValueError) as err:
+        if args.verbose:  # -v: the whole traceback, for errors that are not the user's
+            raise
         raise UserError(str(err).splitlines()[0]) from None
 
 

@@ -1,6 +1,7 @@
 """Run as a script (TF must configure its devices first): one train step of the same global batch under the
-default strategy and under MirroredStrategy over N logical CPUs; prints JSON with both losses and the
-largest weight difference after the step. Optional: --bfloat16 runs one mixed_bfloat16 step as well."""
+default strategy and under MirroredStrategy over N logical CPUs (SGD, lr 1: the step is minus the
+gradient); prints JSON with both losses, the largest gradient and the largest difference of the two
+strategies' steps. Optional: --bfloat16 runs one mixed_bfloat16 step as well."""
 
 from __future__ import annotations
 
@@ -47,7 +48,12 @@ def main() -> None:
     params = build_params("maskformer_synthetic_smoke", params_override=(
         f"task.train_data.input_path={records},task.model.dropout=0.0,task.model.input_size=[64, 64],"
         "task.train_data.aug_rand_hflip=false,task.train_data.aug_scale_min=1.0,task.train_data.aug_scale_max=1.0,"
-        "task.train_data.max_segments=8"))
+        "task.train_data.max_segments=8,"
+        # Plain SGD at lr 1 without clipping: the weight change IS the all-reduced gradient, so the two
+        # strategies' gradients are compared directly (Adam's g / (|g| + eps) would amplify rounding).
+        "trainer.optimizer_config.optimizer.type=sgd,trainer.optimizer_config.optimizer.sgd.momentum=0.0,"
+        "trainer.optimizer_config.learning_rate.type=constant,"
+        "trainer.optimizer_config.learning_rate.constant.learning_rate=1.0"))
     single = tf.distribute.get_strategy()
     with single.scope():
         task = PanopticMaskFormerTask(params.task)
