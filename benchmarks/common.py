@@ -32,6 +32,19 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> dict[str, float]:
     return {"median_s": statistics.median(times), "min_s": min(times), "runs": repeats}
 
 
+def interleaved_medians(modes: dict[str, Callable[[], object]], repeats: int) -> dict[str, dict[str, float]]:
+    """Warm every mode up twice (tracing, XLA compilation), then time them in interleaved rounds so machine
+    drift hits all alike; per mode the median and minimum seconds."""
+    for fn in modes.values():
+        fn()
+        fn()
+    samples: dict[str, list[float]] = {name: [] for name in modes}
+    for _ in range(repeats):
+        for name, fn in modes.items():
+            samples[name].append(median_seconds(fn, 1)["median_s"])
+    return {name: {"median_s": statistics.median(t), "min_s": min(t), "runs": len(t)} for name, t in samples.items()}
+
+
 def environment() -> dict[str, object]:
     import numpy
     import tensorflow as tf

@@ -11,9 +11,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
-from benchmarks.common import median_seconds, pin_threads, write_result
+from benchmarks.common import interleaved_medians, pin_threads, write_result
 
 TARGET_XLA_RATIO = 0.7
 
@@ -51,15 +49,7 @@ def run(preset_name: str, height: int, width: int, batch: int, threads: int, rep
         "tf_function": lambda: graph(tf_inputs)["pred_masks"].numpy(),
         "tf_xla": lambda: xla(tf_inputs)["pred_masks"].numpy(),
     }
-    for fn in modes.values():  # warm-up: tracing, XLA compilation, allocator
-        fn()
-        fn()
-    samples: dict[str, list[float]] = {name: [] for name in modes}
-    for _ in range(repeats):  # interleaved rounds
-        for name, fn in modes.items():
-            samples[name].append(median_seconds(fn, 1)["median_s"])
-    results = {name: {"median_s": float(np.median(t)), "min_s": float(np.min(t)), "runs": len(t)}
-               for name, t in samples.items()}
+    results = interleaved_medians(modes, repeats)
     reference = results["pytorch"]["median_s"]
     ratios = {name: r["median_s"] / reference for name, r in results.items()}
     return {"preset": preset_name, "input": [batch, height, width, 3], "threads": threads, "modes": results,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import median_seconds, pin_threads, write_result
+from benchmarks.common import interleaved_medians, pin_threads, write_result
 
 TARGET_RATIO = 0.8
 
@@ -88,15 +88,7 @@ def run(preset_name: str, height: int, width: int, batch: int, threads: int, rep
     # tf_xla: forward, matching, losses and backward as one XLA program (the TPU path); tf_graph: the same
     # step in graph mode on TF's oneDNN kernels, the in-graph matcher still XLA-compiled on its own.
     modes = {"pytorch": torch_step, "tf_xla": tf_step(True), "tf_graph": tf_step(False)}
-    for fn in modes.values():  # warm-up: tracing, XLA compilation
-        fn()
-        fn()
-    samples: dict[str, list[float]] = {name: [] for name in modes}
-    for _ in range(repeats):
-        for name, fn in modes.items():
-            samples[name].append(median_seconds(fn, 1)["median_s"])
-    results = {name: {"median_s": float(np.median(t)), "min_s": float(np.min(t)), "runs": len(t)}
-               for name, t in samples.items()}
+    results = interleaved_medians(modes, repeats)
     ratios = {name: results[name]["median_s"] / results["pytorch"]["median_s"] for name in ("tf_xla", "tf_graph")}
     return {"preset": preset_name, "input": [batch, height, width, 3], "threads": threads,
             "targets_per_image": [len(t["labels"]) for t in targets], "tf_static_slots": slots, "modes": results,
