@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -30,6 +31,17 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> dict[str, float]:
         fn()
         times.append(time.perf_counter() - start)
     return {"median_s": statistics.median(times), "min_s": min(times), "runs": repeats}
+
+
+def model_benchmark_args(description: str, argv: list[str] | None, batch: int, repeats: int) -> argparse.Namespace:
+    """The flags every model benchmark takes: preset, input size, batch, threads, interleaved rounds."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--preset", default="r50_6enc_coco_panoptic")
+    parser.add_argument("--size", type=int, nargs=2, default=[512, 512])
+    parser.add_argument("--batch", type=int, default=batch)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=repeats)
+    return parser.parse_args(argv)
 
 
 def interleaved_medians(modes: dict[str, Callable[[], object]], repeats: int) -> dict[str, dict[str, float]]:

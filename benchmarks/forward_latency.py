@@ -7,11 +7,10 @@ Target: XLA forward at 512x512, batch 1 <= 0.7x the PyTorch reference's time on 
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import interleaved_medians, pin_threads, write_result
+from benchmarks.common import interleaved_medians, model_benchmark_args, pin_threads, write_result
 
 TARGET_XLA_RATIO = 0.7
 
@@ -58,13 +57,7 @@ def run(preset_name: str, height: int, width: int, batch: int, threads: int, rep
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="r50_6enc_coco_panoptic")
-    parser.add_argument("--size", type=int, nargs=2, default=[512, 512])
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=7)
-    args = parser.parse_args(argv)
+    args = model_benchmark_args(__doc__.splitlines()[0], argv, batch=1, repeats=7)
     result = run(args.preset, *args.size, args.batch, args.threads, args.repeats)
     write_result("forward_latency", result)
     return result

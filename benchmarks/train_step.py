@@ -9,13 +9,12 @@ Target: TF <= 0.8x the PyTorch reference's time at batch 2, 512x512 on two threa
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import interleaved_medians, pin_threads, write_result
+from benchmarks.common import interleaved_medians, model_benchmark_args, pin_threads, write_result
 
 TARGET_RATIO = 0.8
 
@@ -97,13 +96,7 @@ def run(preset_name: str, height: int, width: int, batch: int, threads: int, rep
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="r50_6enc_coco_panoptic")
-    parser.add_argument("--size", type=int, nargs=2, default=[512, 512])
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args(argv)
+    args = model_benchmark_args(__doc__.splitlines()[0], argv, batch=2, repeats=5)
     result = run(args.preset, *args.size, args.batch, args.threads, args.repeats)
     write_result("train_step", result)
     return result

@@ -22,12 +22,14 @@ from tf_maskformer.train import build_params  # noqa: E402
 
 
 def one_step(strategy: tf.distribute.Strategy, params: object, batch: tuple, init: list[np.ndarray]
-             ) -> tuple[float, list[np.ndarray]]:
+             ) -> tuple[float, list[np.ndarray], list[np.ndarray]]:
+    """(loss, trainable weights before the step, after it)."""
     with strategy.scope():
         task = PanopticMaskFormerTask(params.task)
         model = task.build_model()
         for variable, value in zip(model.variables, init, strict=True):
             variable.assign(value)
+        before = [v.numpy() for v in model.trainable_variables]
         optimizer = task.create_optimizer(params.trainer.optimizer_config, params.runtime)
         metrics = task.build_metrics(training=True)
     dataset = strategy.experimental_distribute_dataset(
@@ -39,7 +41,7 @@ def one_step(strategy: tf.distribute.Strategy, params: object, batch: tuple, ini
         return strategy.reduce(tf.distribute.ReduceOp.MEAN, logs["loss"], axis=None)
 
     loss = float(step(next(iter(dataset))))
-    return loss, [v.numpy() for v in model.trainable_variables]
+    return loss, before, [v.numpy() for v in model.trainable_variables]
 
 
 def main() -> None:
@@ -59,27 +61,19 @@ def main() -> None:
         task = PanopticMaskFormerTask(params.task)
         batch = next(iter(task.build_inputs(params.task.train_data)))
         init = [v.numpy() for v in task.build_model().variables]
-    one_loss, one_weights = one_step(single, params, batch, init)
+    one_loss, before, one_weights = one_step(single, params, batch, init)
     mirrored = tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(REPLICAS)])
-    two_loss, two_weights = one_step(mirrored, params, batch, init)
-    moved = max(float(np.abs(a - b).max()) for a, b in zip(init_trainable(params, init), one_weights, strict=True))
+    two_loss, _, two_weights = one_step(mirrored, params, batch, init)
+    moved = max(float(np.abs(a - b).max()) for a, b in zip(before, one_weights, strict=True))
     result = {"one_device_loss": one_loss, "mirrored_loss": two_loss, "replicas": mirrored.num_replicas_in_sync,
               "max_weight_difference": max(float(np.abs(a - b).max())
                                            for a, b in zip(one_weights, two_weights, strict=True)),
               "max_weight_update": moved}
     if bfloat16:
         performance.set_mixed_precision_policy("bfloat16")
-        result["bfloat16_loss"], weights = one_step(single, params, batch, init)
+        result["bfloat16_loss"], _, weights = one_step(single, params, batch, init)
         result["bfloat16_finite"] = bool(all(np.isfinite(w).all() for w in weights))
     print(json.dumps(result))
-
-
-def init_trainable(params: object, init: list[np.ndarray]) -> list[np.ndarray]:
-    task = PanopticMaskFormerTask(params.task)
-    model = task.build_model()
-    for variable, value in zip(model.variables, init, strict=True):
-        variable.assign(value)
-    return [v.numpy() for v in model.trainable_variables]
 
 
 if __name__ == "__main__":
