@@ -100,8 +100,11 @@ def convert_to_tf(source: str | os.PathLike[str], output: str | os.PathLike[str]
         sha256 = source_digest.submit(_sha256, str(source))
         checkpoint = read_checkpoint(source)
         state, era = original_live_state(checkpoint)
+        checkpoint.tensors = {}  # `state` holds them now; mapping frees each one as it is converted
         timings["read"] = time.perf_counter() - start
         resolved = resolve_preset(state, preset, checkpoint.path)
+        architecture = dataclasses.asdict(detect_architecture(state))
+        tensor_bytes = int(sum(v.nbytes for v in state.values()))
         progress("build")
         start = time.perf_counter()
         source_dtypes = set(checkpoint.source_dtypes)
@@ -112,7 +115,7 @@ def convert_to_tf(source: str | os.PathLike[str], output: str | os.PathLike[str]
         timings["build_model"] = time.perf_counter() - start
         progress("map")
         start = time.perf_counter()
-        records = assign_converted(model, state, resolved, checkpoint.path, keep_dtype)
+        records = assign_converted(model, state, resolved, checkpoint.path, keep_dtype, consume=True)
         timings["map"] = time.perf_counter() - start
         progress("write")
         start = time.perf_counter()
@@ -125,7 +128,7 @@ def convert_to_tf(source: str | os.PathLike[str], output: str | os.PathLike[str]
                        "naming": era, "dtypes": sorted(source_dtypes),
                        "cast_to_float32": cast, "tf_variable_dtype": kept_dtype or "float32"},
             "preset": resolved.name,
-            "architecture": dataclasses.asdict(detect_architecture(state)),
+            "architecture": architecture,
             "outputs": {"formats": list(formats), "saved_model": saved_model},
             "tensors": [dataclasses.asdict(r) for r in records],
         }
@@ -138,7 +141,7 @@ def convert_to_tf(source: str | os.PathLike[str], output: str | os.PathLike[str]
     finally:
         source_digest.shutdown(wait=True)
     return ConversionResult(str(output), resolved.name, checkpoint.format, era, len(records),
-                            int(sum(v.nbytes for v in state.values())), cast, timings, records)
+                            tensor_bytes, cast, timings, records)
 
 
 def tf_model_from_checkpoint(source: str | os.PathLike[str], preset: MaskFormerPreset | str | None = None
@@ -155,13 +158,16 @@ def tf_model_from_checkpoint(source: str | os.PathLike[str], preset: MaskFormerP
 
 
 def assign_converted(model: object, state: dict[str, np.ndarray], preset: MaskFormerPreset, source: str,
-                     keep_dtype: bool = False) -> list[TensorRecord]:
-    """Map live-named tensors through the registry into a built TF model's variables (with accounting)."""
+                     keep_dtype: bool = False, consume: bool = False) -> list[TensorRecord]:
+    """Map live-named tensors through the registry into a built TF model's variables (with accounting),
+    each assigned as soon as it is converted; `consume` empties `state` on the way (lower peak memory)."""
     variables = {tf_variable_path(v.name): v for v in model.variables}
-    values, records = torch_to_tf(state, {k: tuple(v.shape) for k, v in variables.items()}, preset,
-                                  source=source, keep_dtype=keep_dtype)
-    for name, variable in variables.items():
-        variable.assign(values.pop(name).astype(variable.dtype.as_numpy_dtype, copy=False))  # freed as assigned
+
+    def assign(name: str, value: np.ndarray) -> None:
+        variables[name].assign(value.astype(variables[name].dtype.as_numpy_dtype, copy=False))
+
+    _, records = torch_to_tf(state, {k: tuple(v.shape) for k, v in variables.items()}, preset,
+                             source=source, keep_dtype=keep_dtype, sink=assign, consume=consume)
     return records
 
 

@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import re
 import zlib
+from collections.abc import Callable
 
 import numpy as np
 
@@ -100,13 +101,22 @@ def _map_tensor(key: str, value: np.ndarray, tf_shapes: dict[str, tuple[int, ...
 
 
 def torch_to_tf(state: dict[str, np.ndarray], tf_shapes: dict[str, tuple[int, ...]], preset: MaskFormerPreset,
-                source: str = "checkpoint", keep_dtype: bool = False
+                source: str = "checkpoint", keep_dtype: bool = False,
+                sink: Callable[[str, np.ndarray], None] | None = None, consume: bool = False
                 ) -> tuple[dict[str, np.ndarray], list[TensorRecord]]:
-    """Live-named PyTorch tensors -> {TF variable path: value}, or ConversionError with a full report."""
+    """Live-named PyTorch tensors -> {TF variable path: value}, or ConversionError with a full report.
+
+    With `sink`, each converted value goes to sink(TF variable path, value) as soon as it exists instead
+    of into the returned dict; with `consume`, each source tensor leaves `state` once converted. Together
+    they stream: memory holds the checkpoint plus one converted tensor, not two copies of the model.
+    """
     values: dict[str, np.ndarray] = {}
+    assigned: set[str] = set()
     records: list[TensorRecord] = []
+    source_shapes = {k: tuple(v.shape) for k, v in state.items()}  # for the report, after consumption
     rejected = False
-    for key, tensor in state.items():
+    for key in list(state):
+        tensor = state.pop(key) if consume else state[key]
         data = tensor if keep_dtype else np.asarray(tensor, dtype=np.float32)
         mapped = _map_tensor(key, data, tf_shapes)
         if mapped is None:
@@ -124,16 +134,20 @@ def torch_to_tf(state: dict[str, np.ndarray], tf_shapes: dict[str, tuple[int, ..
                                       f"'{preset.name}' has no_object_weight {preset.no_object_weight}",
                                       f"{key}: values differ from the preset's")
         for target, value in zip(targets, converted, strict=True):
-            if target in values:
+            if target in assigned:
                 raise ConversionError(f"{source}: TF variable '{target}' assigned twice (second by '{key}')",
                                       "mapping registry error: two rules map onto one variable")
-            values[target] = np.ascontiguousarray(value)
+            assigned.add(target)
+            if sink is None:
+                values[target] = np.ascontiguousarray(value)
+            else:
+                sink(target, np.ascontiguousarray(value))
         records.append(TensorRecord(key, family, targets, rule.transform.name, list(tensor.shape),
                                     [list(tf_shapes[t]) for t in targets], str(tensor.dtype),
                                     f"{zlib.crc32(np.ascontiguousarray(data)):08x}"))
-    if rejected or len(values) != len(tf_shapes):
+    if rejected or len(assigned) != len(tf_shapes):
         # Missing, unexpected and mis-shaped keys, all against the source names the TF model implies.
-        mismatch = compare_keys(state, expected_source_shapes(tf_shapes, preset))
+        mismatch = compare_keys(source_shapes, expected_source_shapes(tf_shapes, preset))
         raise ConversionError(f"{source}: does not fit preset '{preset.name}': {mismatch.summary()}",
                               mismatch.report(), mismatch)
     return values, records
