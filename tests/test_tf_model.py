@@ -199,3 +199,30 @@ def test_model_garden_config_overrides_preset():
     out = model(tf.zeros([1, 64, 64, 3]))
     assert tuple(out["pred_logits"].shape) == (1, 50, 21)
     assert config.as_dict()["preset"] == "r50_ade20k"
+
+
+@pytest.mark.parametrize("in_hw, out_hw", [((128, 128), (512, 512)), ((37, 53), (150, 210)), ((30, 40), (17, 23))])
+def test_separable_bilinear_resize_equals_torch_values_and_gradients(in_hw, out_hw):
+    """The criterion's matmul resize: PyTorch's exact weights, its values and its input gradient."""
+    import torch
+
+    from tf_maskformer.modeling.layers import bilinear_resize_separable, bilinear_weights_like_torch
+
+    for size_in, size_out in zip(in_hw, out_hw, strict=True):  # weights along each axis: bit for bit
+        one_hot_rows = torch.eye(size_in)[:, None, None, :]
+        torch_weights = torch.nn.functional.interpolate(one_hot_rows, size=(1, size_out), mode="bilinear",
+                                                        align_corners=False)[:, 0, 0, :].T.numpy()
+        np.testing.assert_array_equal(bilinear_weights_like_torch(size_out, size_in), torch_weights)
+    x = np.random.default_rng(0).normal(0, 5, size=(3, *in_hw)).astype(np.float32)
+    upstream = np.random.default_rng(1).normal(size=(3, *out_hw)).astype(np.float32)
+    torch_x = torch.from_numpy(x)[:, None].requires_grad_()
+    torch_y = torch.nn.functional.interpolate(torch_x, size=out_hw, mode="bilinear", align_corners=False)
+    (torch_y[:, 0] * torch.from_numpy(upstream)).sum().backward()
+    tf_x = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(tf_x)
+        tf_y = tf.function(lambda v: bilinear_resize_separable(v, out_hw), jit_compile=True)(tf_x)
+        objective = tf.reduce_sum(tf_y * upstream)
+    np.testing.assert_allclose(tf_y.numpy(), torch_y[:, 0].detach().numpy(), rtol=0, atol=4e-7 * np.abs(x).max())
+    np.testing.assert_allclose(tape.gradient(objective, tf_x).numpy(), torch_x.grad[:, 0].numpy(), rtol=0,
+                               atol=1e-6 * np.abs(torch_x.grad.numpy()).max())

@@ -24,7 +24,7 @@ import tensorflow as tf
 from scipy.optimize import linear_sum_assignment
 
 from tf_maskformer.losses.hungarian import hungarian_assignment
-from tf_maskformer.modeling.layers import bilinear_resize, nearest_resize_like_torch
+from tf_maskformer.modeling.layers import bilinear_resize_separable, nearest_resize_like_torch
 from torch_reference.presets import MaskFormerPreset
 
 # Compiled on its own so that the solve is one XLA program in eager and graph mode too; inside an
@@ -180,8 +180,7 @@ class MaskFormerLoss:
         target_masks = tf.cast(targets["masks"], tf.float32)
         height, width = target_masks.shape[2], target_masks.shape[3]
         batch, slots = tf.shape(src)[0], tf.shape(src)[1]
-        src = bilinear_resize(tf.reshape(src, tf.concat([[batch * slots], tf.shape(src)[2:4], [1]], 0)),
-                              (height, width))
+        src = bilinear_resize_separable(tf.reshape(src, [-1, masks.shape[2], masks.shape[3]]), (height, width))
         src = tf.reshape(src, [batch, slots, -1])
         tgt = _flatten_pixels(target_masks)
         pixel_valid = None
