@@ -246,16 +246,18 @@ def cmd_parity(args: argparse.Namespace) -> int:
         images, source = np.stack(loaded), [str(p) for p in args.images]
     else:
         images, source = synthetic_images(args.seed, args.batch, *args.image_size), f"synthetic seed {args.seed}"
+    profile = PROFILES[args.profile]
     torch_model, _ = load_maskformer(args.checkpoint, args.preset)
-    tf_model, _ = tf_model_from_checkpoint(args.checkpoint, torch_model.preset)
+    tf_model, _ = tf_model_from_checkpoint(args.checkpoint, torch_model.preset, policy=profile.policy)
     modes = ("cumulative", "isolated") if args.mode == "both" else (args.mode,)
-    result = run_parity(torch_model, tf_model, images, args.profile, modes)
-    if not args.no_gradients:
+    result = run_parity(torch_model, tf_model, images, profile, modes)
+    if not profile.training and not args.no_gradients:
+        _console().print(f"profile {profile.name}: matcher, loss and gradient parity run in the fp32 profile only")
+    elif not args.no_gradients:
         from parity.training import run_training_parity
 
         result.training = run_training_parity(torch_model, tf_model, images, seed=args.seed)
         result.passed = result.passed and result.training["passed"]
-    profile = PROFILES[args.profile]
     meta = {"checkpoint": str(args.checkpoint), "images": source, "seed": args.seed,
             "bounds": {"cumulative": profile.cumulative_rel_max, "isolated": profile.isolated_rel_max}}
     report_dir = Path(args.report_dir or f"reports/parity_{result.preset}")
@@ -274,6 +276,8 @@ def cmd_parity(args: argparse.Namespace) -> int:
                 m = row.get(mode) or {}
                 cell[mode] = (f"{m['rel_max_error']:.2e} {'ok' if m['verdict'] == 'pass' else 'FAIL'}"
                               if "rel_max_error" in m else m.get("verdict", "-"))
+                if "reference_bf16_rel_max_error" in m:  # the reference's own bfloat16 error, for context
+                    cell[mode] += f" (PyTorch bf16 {m['reference_bf16_rel_max_error']:.1e})"
             table.add_row(row["tap"], cell["cumulative"], cell["isolated"],
                           f"{(row.get('cumulative') or {}).get('cosine', float('nan')):.9f}")
         _console().print(table)
@@ -430,7 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the generated images")
     p.add_argument("--images", nargs="+", help="PNG/JPEG files of one size instead of generated images")
     p.add_argument("--mode", choices=["cumulative", "isolated", "both"], default="both")
-    p.add_argument("--profile", choices=["fp32"], default="fp32")
+    p.add_argument("--profile", choices=["fp32", "bf16"], default="fp32",
+                   help="tolerance profile; bf16 runs the TF model under mixed_bfloat16 (TPU-style)")
     p.add_argument("--report-dir", help="default reports/parity_<preset>")
     p.add_argument("--no-gradients", action="store_true", help="skip matcher, loss and gradient parity")
     p.add_argument("--json", action="store_true")

@@ -144,15 +144,16 @@ def convert_to_tf(source: str | os.PathLike[str], output: str | os.PathLike[str]
                             tensor_bytes, cast, timings, records)
 
 
-def tf_model_from_checkpoint(source: str | os.PathLike[str], preset: MaskFormerPreset | str | None = None
-                             ) -> tuple[object, MaskFormerPreset]:
-    """An in-memory converted TF MaskFormer (no files written), and its preset."""
+def tf_model_from_checkpoint(source: str | os.PathLike[str], preset: MaskFormerPreset | str | None = None,
+                             policy: str | None = None) -> tuple[object, MaskFormerPreset]:
+    """An in-memory converted TF MaskFormer (no files written), and its preset. `policy` is a Keras
+    mixed-precision policy for it ("mixed_bfloat16": float32 variables, bfloat16 compute, as on TPU)."""
     from tf_maskformer.modeling.factory import build_maskformer
 
     checkpoint = read_checkpoint(source)
     state, _ = original_live_state(checkpoint)
     resolved = resolve_preset(state, preset, checkpoint.path)
-    model = build_maskformer(resolved)
+    model = build_maskformer(resolved, dtype=policy)
     assign_converted(model, state, resolved, checkpoint.path)
     return model, resolved
 

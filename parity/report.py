@@ -14,19 +14,26 @@ from parity.harness import ParityResult
 SCHEMA_VERSION = 1
 
 
+def _mark(verdict: object) -> str:
+    return {"pass": "✓", "reported": "(reported)"}.get(str(verdict), "✗")
+
+
 def _fmt(metrics: dict[str, object] | None, key: str = "rel_max_error") -> str:
     if not metrics:
         return "n/a"
     if "pixel_agreement" in metrics:
         return (f"{100 * metrics['pixel_agreement']:.3f}% px ({metrics['differing_pixels']} differ), "
                 f"segments equal {metrics['segments_equal']}, "
-                f"PQ {metrics['pq_tf_vs_pytorch']:.4f} ({metrics['segments']} seg.) "
-                f"{'✓' if metrics['verdict'] == 'pass' else '✗'}")
+                f"PQ {metrics['pq_tf_vs_pytorch']:.4f} ({metrics['segments']} seg.) {_mark(metrics['verdict'])}")
     if "rel_max_error" not in metrics:
         if "argmax_agreement" in metrics:
-            return f"{100 * metrics['argmax_agreement']:.3f}% px {'✓' if metrics['verdict'] == 'pass' else '✗'}"
+            own = metrics.get("reference_bf16_agreement")
+            context = "" if own is None else f" (PyTorch bf16: {100 * own:.3f}%)"
+            return f"{100 * metrics['argmax_agreement']:.3f}% px{context} {_mark(metrics['verdict'])}"
         return str(metrics.get("verdict"))
-    return f"{metrics[key]:.2e} {'✓' if metrics['verdict'] == 'pass' else '✗'}"
+    context = metrics.get("reference_bf16_rel_max_error")
+    own = "" if context is None else f" (PyTorch bf16: {context:.2e})"
+    return f"{metrics[key]:.2e}{own} {_mark(metrics['verdict'])}"
 
 
 def markdown(result: ParityResult, meta: dict[str, object]) -> str:

@@ -47,6 +47,36 @@ def test_full_size_batch_two(seeded_checkpoint):
     _all_rows_pass(run_parity(torch_model, tf_model, synthetic_images(3, 2, 480, 640)))
 
 
+def test_bf16_profile_runs_tf_in_bfloat16_near_the_references_own_bf16_error_and_still_catches_a_fault(
+        seeded_checkpoint):
+    from converter.convert import tf_model_from_checkpoint
+
+    checkpoint = seeded_checkpoint("r50_6enc_coco_panoptic")
+    torch_model, _ = load_maskformer(checkpoint)
+    tf_model, _ = tf_model_from_checkpoint(checkpoint, "r50_6enc_coco_panoptic", policy="mixed_bfloat16")
+    assert tf_model.compute_dtype == "bfloat16" and tf_model.variables[0].dtype == "float32"
+    images = synthetic_images(2, 2, 259, 323)
+    result = run_parity(torch_model, tf_model, images, "bf16")
+    assert result.passed and result.profile == "bf16", result.first_divergence
+    judged = [row for row in result.rows if "rel_max_error" in (row.get("cumulative") or {})]
+    for row in judged:
+        cumulative = row["cumulative"]
+        # bfloat16 really ran (float32 parity is ~1e-5 here), and TF's error is of the order of PyTorch's
+        # own autocast-bfloat16 error at the same tap, computed here by running the reference that way.
+        assert cumulative["rel_max_error"] > 1e-3, row["tap"]
+        assert cumulative["rel_max_error"] <= 3 * cumulative["reference_bf16_rel_max_error"], row["tap"]
+        if row.get("isolated"):
+            assert row["isolated"]["rel_max_error"] <= 8 * 2.0**-8, row["tap"]
+    semantic = next(row for row in result.rows if row["tap"] == "inference/semantic_map")["cumulative"]
+    assert semantic["verdict"] == "reported" and 0 < semantic["reference_bf16_agreement"] <= 1
+
+    kernel = tf_model.backbone.stages[2].blocks[3].conv2.kernel  # res4 block 3: a 5 % error, above bf16 noise
+    kernel.assign(kernel * 1.05)
+    faulty = {row["tap"]: row for row in run_parity(torch_model, tf_model, images, "bf16", ("isolated",)).rows}
+    assert faulty["backbone/res4"]["isolated"]["verdict"] == "fail"
+    assert faulty["backbone/res3"]["isolated"]["verdict"] == "pass"
+
+
 def test_injected_fault_is_the_first_divergence_and_isolated_blames_it(seeded_checkpoint):
     torch_model, _ = load_maskformer(seeded_checkpoint("r50_ade20k"))
     tf_model = converted_tf_model(seeded_checkpoint("r50_ade20k"), "r50_ade20k")

@@ -76,6 +76,9 @@ def postprocess(outputs: dict[str, tf.Tensor], preset: MaskFormerPreset, padded_
     if output_size is None:
         output_size = image_size
     height, width = image_size[0], image_size[1]
+    # In float32 whatever the model computed in: bfloat16 scores (8 significant bits) would tie on most
+    # pixels (PyTorch's autocast likewise keeps softmax, sigmoid and upsampling in float32).
+    outputs = {key: tf.cast(outputs[key], tf.float32) for key in ("pred_logits", "pred_masks")}
     masks = _resize_masks(outputs["pred_masks"], padded_size)
     cropped = _resize_masks(masks[:, :, :height, :width], output_size)
     if preset.postprocess_before_semantic_inference:
