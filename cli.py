@@ -256,7 +256,8 @@ def cmd_parity(args: argparse.Namespace) -> int:
     elif not args.no_gradients:
         from parity.training import run_training_parity
 
-        result.training = run_training_parity(torch_model, tf_model, images, seed=args.seed)
+        result.training = run_training_parity(torch_model, tf_model, images, seed=args.seed,
+                                              float64_reference=args.float64_gradients)
         result.passed = result.passed and result.training["passed"]
     meta = {"checkpoint": str(args.checkpoint), "images": source, "seed": args.seed,
             "bounds": {"cumulative": profile.cumulative_rel_max, "isolated": profile.isolated_rel_max}}
@@ -292,6 +293,16 @@ def cmd_parity(args: argparse.Namespace) -> int:
                 f"{max(r['rel_error_cumulative'] for r in training['losses']):.1e}; gradients: "
                 f"{sum(r['verdict'] == 'pass' for r in training['gradients'])}/{len(training['gradients'])} pass, "
                 f"lowest cosine {worst['cosine']:.7f} ({worst['tf_variable']})")
+            if training.get("float64_reference"):
+                judged = [r for r in training["gradients"] if not r["analytically_zero"]]
+                _console().print(
+                    "against a float64 backward: lowest cosine TF "
+                    f"{min(r['tf_cosine_to_float64'] for r in judged):.7f}, PyTorch "
+                    f"{min(r['reference_cosine_to_float64'] for r in judged):.7f}; TF closer on "
+                    f"{sum(r['tf_cosine_to_float64'] >= r['reference_cosine_to_float64'] for r in judged)}"
+                    f"/{len(judged)} tensors; of the {sum(r['verdict'] == 'fail' for r in judged)} below the bound, "
+                    f"{sum(r['verdict'] == 'fail' and r['reference_below_bound_vs_float64'] for r in judged)} are "
+                    "tensors where PyTorch's own float32 gradient is below it against float64")
         differing = [item["field"] for item in result.lint if not item["same"]]
         _console().print(f"config lint: {'all same' if not differing else 'DIFFERENT: ' + ', '.join(differing)}; "
                          f"reports: {', '.join(str(p) for p in paths.values())}")
@@ -438,6 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tolerance profile; bf16 runs the TF model under mixed_bfloat16 (TPU-style)")
     p.add_argument("--report-dir", help="default reports/parity_<preset>")
     p.add_argument("--no-gradients", action="store_true", help="skip matcher, loss and gradient parity")
+    p.add_argument("--float64-gradients", action="store_true",
+                   help="also compare both float32 gradients with a float64 backward of the reference")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_parity)
 

@@ -36,6 +36,10 @@ def _fmt(metrics: dict[str, object] | None, key: str = "rel_max_error") -> str:
     return f"{metrics[key]:.2e}{own} {_mark(metrics['verdict'])}"
 
 
+def _cosine_cell(row: dict[str, object], key: str) -> str:
+    return f"{row[key]:.7f}" if key in row else "not run"
+
+
 def markdown(result: ParityResult, meta: dict[str, object]) -> str:
     lines = [f"# Parity: {result.preset} ({result.profile})", "",
              f"**{'PASS' if result.passed else 'FAIL'}** — first divergence: {result.first_divergence or 'none'}", "",
@@ -68,10 +72,21 @@ def markdown(result: ParityResult, meta: dict[str, object]) -> str:
         lines += ["", f"Gradients: {sum(r['verdict'] == 'pass' for r in gradients)}/{len(gradients)} parameter "
                   "tensors pass (cosine ≥ 0.99999; both sides zero where the gradient is analytically zero). The "
                   "reference's cosine with itself under another thread count is context. Lowest cosines:", "",
-                  "| TF variable | cosine TF vs PyTorch | PyTorch vs itself | rel. max error |",
-                  "| --- | --- | --- | --- |"]
+                  "| TF variable | cosine TF vs PyTorch | PyTorch vs itself | rel. max error | TF vs float64 | "
+                  "PyTorch vs float64 |",
+                  "| --- | --- | --- | --- | --- | --- |"]
         lines += [f"| `{r['tf_variable']}` | {r['cosine']:.7f} | {r['reference_self_cosine']:.7f} | "
-                  f"{r['rel_max_error']:.1e} |" for r in gradients[:8]]
+                  f"{r['rel_max_error']:.1e} | {_cosine_cell(r, 'tf_cosine_to_float64')} | "
+                  f"{_cosine_cell(r, 'reference_cosine_to_float64')} |" for r in gradients[:8]]
+        if training.get("float64_reference"):
+            failing = [r for r in gradients if r["verdict"] == "fail"]
+            tf_closer = sum(r["tf_cosine_to_float64"] >= r["reference_cosine_to_float64"] for r in failing)
+            lines += ["", "The float64 columns compare each float32 gradient with a float64 backward of the reference "
+                      "(same assignment as float32: "
+                      f"{training['float64_reference']['same_assignment_as_float32']}). Of the {len(failing)} tensors "
+                      f"below the bound, {sum(r['reference_below_bound_vs_float64'] for r in failing)} are ones where "
+                      "PyTorch's own float32 gradient is below it against float64; TF is closer to float64 than "
+                      f"PyTorch on {tf_closer} of them."]
     lines += ["", "## Config lint", "", "| field | PyTorch | TensorFlow | same |", "| --- | --- | --- | --- |"]
     lines += [f"| {item['field']} | {item['pytorch']} | {item['tensorflow']} | {'✓' if item['same'] else '✗'} |"
               for item in result.lint]

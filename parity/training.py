@@ -7,6 +7,8 @@ on the PyTorch outputs with the PyTorch assignment, so a row's error is the crit
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from converter.registry import map_to_tf_layout, tf_variable_path
@@ -42,8 +44,11 @@ def _relative(reference: float, value: float) -> float:
     return abs(value - reference) / max(abs(reference), 1e-12)
 
 
-def run_training_parity(torch_model: object, tf_model: object, images: np.ndarray, seed: int = 0
-                        ) -> dict[str, object]:
+def run_training_parity(torch_model: object, tf_model: object, images: np.ndarray, seed: int = 0,
+                        float64_reference: bool = False) -> dict[str, object]:
+    """Matcher, loss and gradient parity on synthetic targets. `float64_reference` also backpropagates a
+    float64 copy of the reference: each gradient row then tells how close TF's and PyTorch's float32
+    gradients each come to the float64 one (context for the cosine bound, which fp32 noise can break)."""
     import tensorflow as tf
     import torch
 
@@ -77,6 +82,18 @@ def run_training_parity(torch_model: object, tf_model: object, images: np.ndarra
     finally:
         torch.set_num_threads(threads)
     outputs, torch_indices, torch_losses, total, torch_grads = torch_backward()
+    exact_grads, exact_same_assignment = None, None
+    if float64_reference:
+        exact_model = copy.deepcopy(torch_model).double()
+        exact_outputs = exact_model.forward_padded(padded.double())
+        exact_indices = [criterion.matcher(layer, torch_targets)
+                         for layer in [exact_outputs, *exact_outputs["aux_outputs"]]]
+        exact_same_assignment = all(torch.equal(a, b) for layer32, layer64 in zip(torch_indices, exact_indices,
+                                                                                   strict=True)
+                                    for pair32, pair64 in zip(layer32, layer64, strict=True)
+                                    for a, b in zip(pair32, pair64, strict=True))
+        sum(exact_model.criterion.weighted(exact_model.criterion(exact_outputs, torch_targets)).values()).backward()
+        exact_grads = {n: p.grad.numpy() for n, p in exact_model.named_parameters() if p.grad is not None}
     torch_layers = [outputs, *outputs["aux_outputs"]]
 
     tf_criterion = TfCriterion(tf_model.preset)
@@ -125,6 +142,7 @@ def run_training_parity(torch_model: object, tf_model: object, images: np.ndarra
     shapes = {tf_variable_path(v.name): tuple(v.shape) for v in variables}
     mapped = map_to_tf_layout(torch_grads, shapes)
     noise = map_to_tf_layout(noise_grads, shapes)
+    exact = map_to_tf_layout(exact_grads, shapes) if exact_grads is not None else None
     # Some gradients are analytically zero: attention key biases (softmax ignores a per-query shift) and
     # decoder layer 0's self-attention value kernel (its input, tgt, starts at zeros). Both frameworks
     # leave float noise there; cosine is meaningless, so such a row passes when both sides are noise.
@@ -137,12 +155,17 @@ def run_training_parity(torch_model: object, tf_model: object, images: np.ndarra
         # The reference's cosine with itself under another thread count is reported beside it, as context:
         # it measures backward summation noise only (the forward values stay bit-identical there).
         agrees = cosine >= GRADIENT_COSINE_BOUND
-        gradient_rows.append({"tf_variable": name, "cosine": cosine, "reference_self_cosine": floor,
-                              "analytically_zero": zero,
-                              "rel_max_error": float(np.abs(reference - value).max() / max(np.abs(reference).max(),
-                                                                                           1e-30)),
-                              "verdict": "pass" if zero or agrees else "fail"})
+        row = {"tf_variable": name, "cosine": cosine, "reference_self_cosine": floor, "analytically_zero": zero,
+               "rel_max_error": float(np.abs(reference - value).max() / max(np.abs(reference).max(), 1e-30)),
+               "verdict": "pass" if zero or agrees else "fail"}
+        if exact is not None:  # each float32 gradient against the float64 one
+            row["tf_cosine_to_float64"] = _cosine(exact[name], value)
+            row["reference_cosine_to_float64"] = _cosine(exact[name], reference)
+            # The bound cannot hold where the reference's own float32 gradient misses it against float64.
+            row["reference_below_bound_vs_float64"] = row["reference_cosine_to_float64"] < GRADIENT_COSINE_BOUND
+        gradient_rows.append(row)
     return {"matcher": matcher_rows, "losses": loss_rows, "gradients": gradient_rows,
+            "float64_reference": None if exact is None else {"same_assignment_as_float32": exact_same_assignment},
             "total_loss": {"pytorch": float(total.detach()), "tensorflow": float(tf_total)},
             "missing_gradients": sorted(set(shapes) - set(mapped)),
             "passed": all(r["identical"] and r["in_graph_identical"] for r in matcher_rows)
