@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -196,22 +198,42 @@ def test_multi_replica_loss_equals_one_device_and_bfloat16_runs(dataset: Path) -
     assert result["bfloat16_finite"] and result["bfloat16_loss"] == pytest.approx(result["one_device_loss"], rel=0.05)
 
 
-def test_finetune_falls_resumes_and_evaluates(dataset: Path, tmp_path: Path, converted_model_dir: Path) -> None:
+def _checkpoint_steps(model_dir: Path) -> list[int]:
+    """Steps of the checkpoints in a model dir (Orbit numbers them by global step: ckpt-9, ckpt-17, ...)."""
+    return [int(path.name.split(".")[0].split("-")[1]) for path in model_dir.glob("ckpt-*.index")]
+
+
+def test_finetune_falls_resumes_after_a_kill_and_evaluates(dataset: Path, tmp_path: Path,
+                                                           converted_model_dir: Path) -> None:
     model_dir = tmp_path / "run"
     common = ["--model-dir", str(model_dir), "--train-data", str(dataset / "records" / "train-*"),
               "--val-data", str(dataset / "records" / "val-*"),
-              "--params_override", "task.model.input_size=[96, 96],trainer.checkpoint_interval=12"]
-    first = run_mfport("train", *common, "--init-from", str(converted_model_dir), "--steps", "12")
-    assert first.returncode == 0, first.stderr[-3000:]
-    assert (model_dir / "ckpt-12.index").is_file()
-    second = run_mfport("train", *common, "--init-from", str(converted_model_dir), "--steps", "24",
-                            "--loss-curve", str(tmp_path / "loss.png"))
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert "ckpt-12" in second.stdout + second.stderr  # restored, not re-initialised
+              "--params_override", "task.model.input_size=[96, 96],trainer.checkpoint_interval=8"]
+    train = ["train", *common, "--init-from", str(converted_model_dir), "--steps", "24"]
+    # A real interruption: SIGKILL as soon as the first checkpoint is on disk, in the middle of the run.
+    with open(tmp_path / "killed.log", "w") as log:
+        killed = subprocess.Popen([*mfport_command(), *train], stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 600  # the first checkpoint at step >= 8
+        while max(_checkpoint_steps(model_dir), default=0) < 8:
+            assert killed.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
+            time.sleep(0.05)
+        killed.send_signal(signal.SIGKILL)
+        assert killed.wait(timeout=60) == -signal.SIGKILL
+    saved = max(_checkpoint_steps(model_dir))
+    assert saved < 24, "the run finished before it could be interrupted"
+    killed_logs = tmp_path / "train_killed"  # the killed run's summaries, kept apart from the rerun's
+    (model_dir / "train").rename(killed_logs)
+
+    resumed = run_mfport(*train, "--loss-curve", str(tmp_path / "loss.png"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"ckpt-{saved}" in resumed.stdout + resumed.stderr  # restored, not re-initialised from --init-from
     assert (model_dir / "ckpt-24.index").is_file() and (tmp_path / "loss.png").stat().st_size > 10_000
-    losses = read_scalars(model_dir / "train", "total_loss")
-    assert [step for step, _ in losses] == list(range(1, 25))  # each step once: the rerun went on from 12
-    values = np.array([v for _, v in losses])
+    rerun = read_scalars(model_dir / "train", "total_loss")
+    assert [step for step, _ in rerun] == list(range(saved + 1, 25))  # went on from the saved step
+    losses = dict(read_scalars(killed_logs, "total_loss")) | dict(rerun)
+    assert sorted(losses) == list(range(1, 25))
+    values = np.array([losses[step] for step in sorted(losses)])
     assert values[-6:].mean() < 0.5 * values[:6].mean(), values
     evaluation = run_mfport("evaluate", *common, "--json")
     assert evaluation.returncode == 0, evaluation.stderr[-3000:]
