@@ -294,15 +294,14 @@ def cmd_parity(args: argparse.Namespace) -> int:
                 f"{sum(r['verdict'] == 'pass' for r in training['gradients'])}/{len(training['gradients'])} pass, "
                 f"lowest cosine {worst['cosine']:.7f} ({worst['tf_variable']})")
             if training.get("float64_reference"):
-                judged = [r for r in training["gradients"] if not r["analytically_zero"]]
+                from parity.training import float64_summary
+
+                f64 = float64_summary(training["gradients"])
                 _console().print(
-                    "against a float64 backward: lowest cosine TF "
-                    f"{min(r['tf_cosine_to_float64'] for r in judged):.7f}, PyTorch "
-                    f"{min(r['reference_cosine_to_float64'] for r in judged):.7f}; TF closer on "
-                    f"{sum(r['tf_cosine_to_float64'] >= r['reference_cosine_to_float64'] for r in judged)}"
-                    f"/{len(judged)} tensors; of the {sum(r['verdict'] == 'fail' for r in judged)} below the bound, "
-                    f"{sum(r['verdict'] == 'fail' and r['reference_below_bound_vs_float64'] for r in judged)} are "
-                    "tensors where PyTorch's own float32 gradient is below it against float64")
+                    f"against a float64 backward: lowest cosine TF {f64['lowest_tf_cosine']:.7f}, PyTorch "
+                    f"{f64['lowest_reference_cosine']:.7f}; TF closer on {f64['tf_closer']}/{f64['tensors']} "
+                    f"tensors; of the {f64['failing']} below the bound, {f64['failing_with_reference_below_bound']}"
+                    " are tensors where PyTorch's own float32 gradient is below it against float64")
         differing = [item["field"] for item in result.lint if not item["same"]]
         _console().print(f"config lint: {'all same' if not differing else 'DIFFERENT: ' + ', '.join(differing)}; "
                          f"reports: {', '.join(str(p) for p in paths.values())}")

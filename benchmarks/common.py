@@ -33,15 +33,20 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> dict[str, float]:
     return {"median_s": statistics.median(times), "min_s": min(times), "runs": repeats}
 
 
-def model_benchmark_args(description: str, argv: list[str] | None, batch: int, repeats: int) -> argparse.Namespace:
-    """The flags every model benchmark takes: preset, input size, batch, threads, interleaved rounds."""
+def model_benchmark_main(name: str, run: Callable[..., dict[str, object]], description: str,
+                         argv: list[str] | None, batch: int, repeats: int) -> dict[str, object]:
+    """A model benchmark's command line (preset, input size, batch, threads, interleaved rounds):
+    run(preset, height, width, batch, threads, repeats), written to results/NAME.json and returned."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--preset", default="r50_6enc_coco_panoptic")
     parser.add_argument("--size", type=int, nargs=2, default=[512, 512])
     parser.add_argument("--batch", type=int, default=batch)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=repeats)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    result = run(args.preset, *args.size, args.batch, args.threads, args.repeats)
+    write_result(name, result)
+    return result
 
 
 def interleaved_medians(modes: dict[str, Callable[[], object]], repeats: int) -> dict[str, dict[str, float]]:

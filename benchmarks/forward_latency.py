@@ -10,7 +10,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import interleaved_medians, model_benchmark_args, pin_threads, write_result
+from benchmarks.common import interleaved_medians, model_benchmark_main, pin_threads
 
 TARGET_XLA_RATIO = 0.7
 
@@ -57,10 +57,7 @@ def run(preset_name: str, height: int, width: int, batch: int, threads: int, rep
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
-    args = model_benchmark_args(__doc__.splitlines()[0], argv, batch=1, repeats=7)
-    result = run(args.preset, *args.size, args.batch, args.threads, args.repeats)
-    write_result("forward_latency", result)
-    return result
+    return model_benchmark_main("forward_latency", run, __doc__.splitlines()[0], argv, batch=1, repeats=7)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import interleaved_medians, model_benchmark_args, pin_threads, write_result
+from benchmarks.common import interleaved_medians, model_benchmark_main, pin_threads
 
 TARGET_RATIO = 0.8
 
@@ -96,10 +96,7 @@ def run(preset_name: str, height: int, width: int, batch: int, threads: int, rep
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
-    args = model_benchmark_args(__doc__.splitlines()[0], argv, batch=2, repeats=5)
-    result = run(args.preset, *args.size, args.batch, args.threads, args.repeats)
-    write_result("train_step", result)
-    return result
+    return model_benchmark_main("train_step", run, __doc__.splitlines()[0], argv, batch=2, repeats=5)
 
 
 if __name__ == "__main__":

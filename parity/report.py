@@ -10,6 +10,7 @@ from pathlib import Path
 
 from converter.checkpoint_io import atomic_write
 from parity.harness import ParityResult
+from parity.training import float64_summary
 
 SCHEMA_VERSION = 1
 
@@ -79,14 +80,13 @@ def markdown(result: ParityResult, meta: dict[str, object]) -> str:
                   f"{r['rel_max_error']:.1e} | {_cosine_cell(r, 'tf_cosine_to_float64')} | "
                   f"{_cosine_cell(r, 'reference_cosine_to_float64')} |" for r in gradients[:8]]
         if training.get("float64_reference"):
-            failing = [r for r in gradients if r["verdict"] == "fail"]
-            tf_closer = sum(r["tf_cosine_to_float64"] >= r["reference_cosine_to_float64"] for r in failing)
+            f64 = float64_summary(gradients)
             lines += ["", "The float64 columns compare each float32 gradient with a float64 backward of the reference "
                       "(same assignment as float32: "
-                      f"{training['float64_reference']['same_assignment_as_float32']}). Of the {len(failing)} tensors "
-                      f"below the bound, {sum(r['reference_below_bound_vs_float64'] for r in failing)} are ones where "
+                      f"{training['float64_reference']['same_assignment_as_float32']}). Of the {f64['failing']} "
+                      f"tensors below the bound, {f64['failing_with_reference_below_bound']} are ones where "
                       "PyTorch's own float32 gradient is below it against float64; TF is closer to float64 than "
-                      f"PyTorch on {tf_closer} of them."]
+                      f"PyTorch on {f64['failing_tf_closer']} of them."]
     lines += ["", "## Config lint", "", "| field | PyTorch | TensorFlow | same |", "| --- | --- | --- | --- |"]
     lines += [f"| {item['field']} | {item['pytorch']} | {item['tensorflow']} | {'✓' if item['same'] else '✗'} |"
               for item in result.lint]

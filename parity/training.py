@@ -44,6 +44,20 @@ def _relative(reference: float, value: float) -> float:
     return abs(value - reference) / max(abs(reference), 1e-12)
 
 
+def float64_summary(gradients: list[dict[str, object]]) -> dict[str, object]:
+    """What the float64 columns of the gradient rows say, over the tensors that are not zero by construction:
+    each side's lowest cosine to float64, and how many of the failing rows the reference's own float32
+    error explains (its gradient is below the bound against float64 too)."""
+    judged = [r for r in gradients if not r["analytically_zero"]]
+    failing = [r for r in judged if r["verdict"] == "fail"]
+    return {"tensors": len(judged), "lowest_tf_cosine": min(r["tf_cosine_to_float64"] for r in judged),
+            "lowest_reference_cosine": min(r["reference_cosine_to_float64"] for r in judged),
+            "tf_closer": sum(r["tf_cosine_to_float64"] >= r["reference_cosine_to_float64"] for r in judged),
+            "failing": len(failing),
+            "failing_with_reference_below_bound": sum(r["reference_below_bound_vs_float64"] for r in failing),
+            "failing_tf_closer": sum(r["tf_cosine_to_float64"] >= r["reference_cosine_to_float64"] for r in failing)}
+
+
 def run_training_parity(torch_model: object, tf_model: object, images: np.ndarray, seed: int = 0,
                         float64_reference: bool = False) -> dict[str, object]:
     """Matcher, loss and gradient parity on synthetic targets. `float64_reference` also backpropagates a

@@ -57,6 +57,14 @@ def _one_image(rng: np.random.Generator, looks: dict[str, tuple], height: int, w
     image = np.zeros((height, width, 3))
     ids = np.zeros((height, width), np.int64)
     segments = []
+
+    def paint(region: np.ndarray, name: str, angle: float, iscrowd: int) -> None:
+        """A new segment of class `name` over `region` (on top of what is there)."""
+        segment_id = 1 + len(segments)
+        image[region] = _texture(looks[name], yy, xx, angle)[region]
+        ids[region] = segment_id
+        segments.append({"id": segment_id, "name": name, "iscrowd": iscrowd})
+
     # Stuff: horizontal bands with a wavy border, one class each.
     names = rng.choice(len(stuff), size=int(rng.integers(2, 4)), replace=False)
     borders = np.sort(rng.uniform(0.25, 0.75, size=len(names) - 1))
@@ -67,11 +75,7 @@ def _one_image(rng: np.random.Generator, looks: dict[str, tuple], height: int, w
         region = band == index
         if not region.any():
             continue
-        name = stuff[name_index]
-        segment_id = 1 + len(segments)
-        image[region] = _texture(looks[name], yy, xx, 0.3)[region]
-        ids[region] = segment_id
-        segments.append({"id": segment_id, "name": name, "iscrowd": 0})
+        paint(region, stuff[name_index], 0.3, 0)
     # Things: one to four instances drawn on top.
     for _ in range(int(rng.integers(1, 5))):
         name = things[int(rng.integers(len(things)))]
@@ -81,20 +85,14 @@ def _one_image(rng: np.random.Generator, looks: dict[str, tuple], height: int, w
             region = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
         else:
             region = (np.abs(yy - cy) <= ry) & (np.abs(xx - cx) <= rx)
-        segment_id = 1 + len(segments)
-        image[region] = _texture(looks[name], yy, xx, 1.2)[region]
-        ids[region] = segment_id
-        segments.append({"id": segment_id, "name": name, "iscrowd": 0})
+        paint(region, name, 1.2, 0)
     if crowd:  # a crowd of small same-class blobs, annotated as one iscrowd segment
         name = things[0]
         region = np.zeros((height, width), bool)
         for _ in range(5):
             cy, cx = rng.uniform(0.1, 0.9, 2)
             region |= ((yy - cy) / 0.04) ** 2 + ((xx - cx) / 0.03) ** 2 <= 1
-        segment_id = 1 + len(segments)
-        image[region] = _texture(looks[name], yy, xx, 1.2)[region]
-        ids[region] = segment_id
-        segments.append({"id": segment_id, "name": name, "iscrowd": 1})
+        paint(region, name, 1.2, 1)
     # Void: an unlabeled strip along one border (COCO leaves such pixels at id 0).
     void = int(rng.integers(0, max(height // 20, 2)))
     if void:

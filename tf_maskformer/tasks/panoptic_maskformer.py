@@ -172,8 +172,7 @@ class PanopticMaskFormerTask(base_task.Task):
         total, losses = self.build_losses(labels, outputs)
         self._update_loss_metrics(metrics, total, losses, labels)
         size = tuple(self.task_config.model.input_size)
-        result = postprocess({"pred_logits": tf.cast(outputs["pred_logits"], tf.float32),
-                              "pred_masks": tf.cast(outputs["pred_masks"], tf.float32)}, self.preset, size, size)
+        result = postprocess(outputs, self.preset, size, size)  # in float32 whatever the compute dtype
         self.panoptic_quality.update_state(
             {"category_mask": labels["category_mask"], "instance_mask": labels["instance_mask"]},
             panoptic_prediction(result, self.preset.num_classes))
