@@ -226,3 +226,42 @@ def test_separable_bilinear_resize_equals_torch_values_and_gradients(in_hw, out_
     np.testing.assert_allclose(tf_y.numpy(), torch_y[:, 0].detach().numpy(), rtol=0, atol=4e-7 * np.abs(x).max())
     np.testing.assert_allclose(tape.gradient(objective, tf_x).numpy(), torch_x.grad[:, 0].numpy(), rtol=0,
                                atol=1e-6 * np.abs(torch_x.grad.numpy()).max())
+
+
+@pytest.mark.parametrize("stride, use_bias", [(1, True), (2, False)])
+def test_1x1_conv_under_xla_is_a_dot_with_torch_values_and_gradients(stride, use_bias):
+    """Under XLA a 1x1 Conv2DNormAct runs as a matmul (no convolution left in the HLO); its output and its
+    input and kernel gradients equal torch's conv2d on an odd-sized input."""
+    import torch
+
+    from tf_maskformer.modeling.layers import Conv2DNormAct
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 37, 53, 24)).astype(np.float32)
+    layer = Conv2DNormAct(16, 1, stride=stride, use_bias=use_bias)
+    layer.build(x.shape)
+    layer.kernel.assign(rng.normal(size=(1, 1, 24, 16)).astype(np.float32) / 5)
+    if use_bias:
+        layer.bias.assign(rng.normal(size=16).astype(np.float32))
+    upstream = rng.normal(size=(2, (37 - 1) // stride + 1, (53 - 1) // stride + 1, 16)).astype(np.float32)
+
+    @tf.function(jit_compile=True)
+    def forward_backward(images: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        with tf.GradientTape() as tape:
+            tape.watch(images)
+            y = layer(images)
+            objective = tf.reduce_sum(y * upstream)
+        return (y, *tape.gradient(objective, [images, layer.kernel]))
+
+    hlo = forward_backward.experimental_get_compiler_ir(tf.constant(x))(stage="hlo")
+    assert " dot(" in hlo and " convolution(" not in hlo
+    tf_y, tf_dx, tf_dk = (t.numpy() for t in forward_backward(tf.constant(x)))
+
+    torch_x = torch.from_numpy(x).permute(0, 3, 1, 2).requires_grad_()
+    torch_k = torch.from_numpy(layer.kernel.numpy()).permute(3, 2, 0, 1).requires_grad_()
+    torch_b = torch.from_numpy(layer.bias.numpy()) if use_bias else None
+    torch_y = torch.nn.functional.conv2d(torch_x, torch_k, torch_b, stride=stride)
+    (torch_y * torch.from_numpy(upstream).permute(0, 3, 1, 2)).sum().backward()
+    np.testing.assert_allclose(tf_y, torch_y.detach().permute(0, 2, 3, 1).numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(tf_dx, torch_x.grad.permute(0, 2, 3, 1).numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(tf_dk, torch_k.grad.permute(2, 3, 1, 0).numpy(), rtol=1e-5, atol=1e-4)

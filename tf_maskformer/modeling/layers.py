@@ -5,6 +5,13 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 import tf_keras
+from tf_keras.src.utils import control_flow_util
+
+
+def compiling_with_xla() -> bool:
+    """True while tracing inside an XLA-compiled function (jit_compile=True, TPU replicas): the check
+    tf_keras's own backend uses to pick XLA-friendly formulations."""
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
 class FrozenBatchNorm(tf_keras.layers.Layer):
@@ -44,6 +51,20 @@ class Conv2DNormAct(tf_keras.layers.Conv2D):
         self.torch_padding = padding
         self.norm = norm
         self.relu = activation
+
+    def convolution_op(self, inputs: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+        if self.kernel_size != (1, 1) or not compiling_with_xla():
+            return super().convolution_op(inputs, kernel)
+        # Under XLA a 1x1 convolution runs as one matmul (the same products and sums): XLA on CPU compiles
+        # a 1x1 conv's filter gradient 3-5x slower than this dot's (ResNet-50 fwd+bwd 1.37 s -> 0.95 s), and
+        # XLA on TPU rewrites 1x1 convs into dots anyway. Outside XLA, TF's oneDNN conv is as fast and sums
+        # its filter gradient more accurately (2.4e-7 vs 6e-7 relative), which gradient parity feels.
+        stride = self.strides[0]
+        if stride > 1:
+            inputs = inputs[:, ::stride, ::stride, :]
+        shape = tf.shape(inputs)
+        outputs = tf.matmul(tf.reshape(inputs, [-1, inputs.shape[-1]]), tf.reshape(kernel, kernel.shape[2:]))
+        return tf.reshape(outputs, tf.concat([shape[:-1], [self.filters]], 0))
 
     def call(self, x: tf.Tensor) -> tf.Tensor:
         if self.torch_padding:
