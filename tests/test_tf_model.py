@@ -265,3 +265,30 @@ def test_1x1_conv_under_xla_is_a_dot_with_torch_values_and_gradients(stride, use
     np.testing.assert_allclose(tf_y, torch_y.detach().permute(0, 2, 3, 1).numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(tf_dx, torch_x.grad.permute(0, 2, 3, 1).numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(tf_dk, torch_k.grad.permute(2, 3, 1, 0).numpy(), rtol=1e-5, atol=1e-4)
+
+
+def test_max_pool_under_xla_routes_ties_like_torch():
+    """The stem's max-pool under XLA (nine strided views): torch's values, and its gradient routing on an
+    input full of ties (each window's gradient goes to its first maximum, in row-major order)."""
+    import torch
+
+    from tf_maskformer.modeling.layers import max_pool_3x3_s2_p1
+
+    x = np.random.default_rng(0).integers(0, 3, size=(2, 37, 52, 5)).astype(np.float32)
+    upstream = np.random.default_rng(1).normal(size=(2, 19, 26, 5)).astype(np.float32)
+
+    @tf.function(jit_compile=True)
+    def forward_backward(images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        with tf.GradientTape() as tape:
+            tape.watch(images)
+            y = max_pool_3x3_s2_p1(images)
+            objective = tf.reduce_sum(y * upstream)
+        return y, tape.gradient(objective, images)
+
+    assert " select-and-scatter(" not in forward_backward.experimental_get_compiler_ir(tf.constant(x))(stage="hlo")
+    tf_y, tf_dx = (t.numpy() for t in forward_backward(tf.constant(x)))
+    torch_x = torch.from_numpy(x).permute(0, 3, 1, 2).requires_grad_()
+    torch_y = torch.nn.functional.max_pool2d(torch_x, 3, 2, 1)
+    (torch_y * torch.from_numpy(upstream).permute(0, 3, 1, 2)).sum().backward()
+    np.testing.assert_array_equal(tf_y, torch_y.detach().permute(0, 2, 3, 1).numpy())
+    np.testing.assert_allclose(tf_dx, torch_x.grad.permute(0, 2, 3, 1).numpy(), rtol=1e-6, atol=1e-6)

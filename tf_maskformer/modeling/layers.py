@@ -91,7 +91,17 @@ def max_pool_3x3_s2_p1(x: tf.Tensor) -> tf.Tensor:
     Hand-written: "SAME" pooling puts the extra padding bottom/right only, shifting every window.
     """
     x = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], constant_values=float("-inf"))
-    return tf.nn.max_pool2d(x, ksize=3, strides=2, padding="VALID")
+    if not compiling_with_xla():
+        return tf.nn.max_pool2d(x, ksize=3, strides=2, padding="VALID")
+    # Under XLA, the maximum of the window's nine strided views: XLA on CPU runs max-pool's backward
+    # (select-and-scatter) ~4x slower than these selects. Ties go to the first view, as in PyTorch.
+    out_h, out_w = (tf.shape(x)[1] - 3) // 2 + 1, (tf.shape(x)[2] - 3) // 2 + 1
+    pooled = None
+    for i in range(3):
+        for j in range(3):
+            view = x[:, i:i + 2 * out_h - 1:2, j:j + 2 * out_w - 1:2, :]
+            pooled = view if pooled is None else tf.maximum(pooled, view)
+    return pooled
 
 
 def _torch_nearest_indices(in_size: tf.Tensor, out_size: tf.Tensor) -> tf.Tensor:
