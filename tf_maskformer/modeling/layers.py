@@ -1,4 +1,5 @@
-"""Layers where numerical parity with PyTorch forces hand-written code (each says why), NHWC throughout."""
+"""Layers where numerical parity with PyTorch forces hand-written code, and the XLA-only forms that avoid
+XLA-CPU's slow kernels (each says why), NHWC throughout."""
 
 from __future__ import annotations
 
