@@ -198,9 +198,12 @@ def test_multi_replica_loss_equals_one_device_and_bfloat16_runs(dataset: Path) -
     assert result["bfloat16_finite"] and result["bfloat16_loss"] == pytest.approx(result["one_device_loss"], rel=0.05)
 
 
-def _checkpoint_steps(model_dir: Path) -> list[int]:
-    """Steps of the checkpoints in a model dir (Orbit numbers them by global step: ckpt-9, ckpt-17, ...)."""
-    return [int(path.name.split(".")[0].split("-")[1]) for path in model_dir.glob("ckpt-*.index")]
+def _latest_checkpoint_step(model_dir: Path) -> int:
+    """Step of the latest checkpoint a resume would restore (Orbit numbers them by global step: ckpt-9,
+    ckpt-17, ...). Read from the checkpoint state file, which is updated only after a checkpoint's files
+    are complete: an .index file on disk may belong to a save that a kill interrupts."""
+    latest = tf.train.latest_checkpoint(str(model_dir))
+    return 0 if latest is None else int(latest.rsplit("-", 1)[1])
 
 
 def test_finetune_falls_resumes_after_a_kill_and_evaluates(dataset: Path, tmp_path: Path,
@@ -214,13 +217,13 @@ def test_finetune_falls_resumes_after_a_kill_and_evaluates(dataset: Path, tmp_pa
     with open(tmp_path / "killed.log", "w") as log:
         killed = subprocess.Popen([*mfport_command(), *train], stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 600  # the first checkpoint at step >= 8
-        while max(_checkpoint_steps(model_dir), default=0) < 8:
+        while _latest_checkpoint_step(model_dir) < 8:
             assert killed.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
             time.sleep(0.05)
         killed.send_signal(signal.SIGKILL)
         assert killed.wait(timeout=60) == -signal.SIGKILL
-    saved = max(_checkpoint_steps(model_dir))
+    saved = _latest_checkpoint_step(model_dir)
     assert saved < 24, "the run finished before it could be interrupted"
     killed_logs = tmp_path / "train_killed"  # the killed run's summaries, kept apart from the rerun's
     (model_dir / "train").rename(killed_logs)
