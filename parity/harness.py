@@ -174,13 +174,16 @@ def postprocess_parity(torch_model: object, images: np.ndarray, torch_final: dic
     return rows
 
 
-def _final_output(final: dict, name: str) -> np.ndarray:
-    """'outputs/pred_logits', 'outputs/aux_3_masks', ... of a PyTorch final-output dict, as float32."""
-    key = name.split("/", 1)[1]
-    if key.startswith("aux_"):
-        index, kind = key[len("aux_"):].split("_")
-        return final["aux_outputs"][int(index)][f"pred_{kind}"].detach().float().numpy()
-    return final[key].detach().float().numpy()
+def _final_outputs(final: dict) -> dict[str, object]:
+    """A final-output dict (PyTorch's or TF's) by row name: 'outputs/pred_logits', 'outputs/aux_3_masks', ..."""
+    named = {"outputs/pred_logits": final["pred_logits"], "outputs/pred_masks": final["pred_masks"]}
+    if "layer_logits" in final:  # TF: every decoder layer stacked, the last being the final one
+        layers = list(zip(final["layer_logits"][:-1], final["layer_masks"][:-1], strict=True))
+    else:  # PyTorch: a list of per-layer dicts (absent without deep supervision)
+        layers = [(aux["pred_logits"], aux["pred_masks"]) for aux in final.get("aux_outputs", [])]
+    for index, (logits, masks) in enumerate(layers):
+        named[f"outputs/aux_{index}_logits"], named[f"outputs/aux_{index}_masks"] = logits, masks
+    return named
 
 
 def _as_compute(tf_model: object, value: np.ndarray) -> object:
@@ -231,18 +234,16 @@ def run_parity(torch_model: object, tf_model: object, images: np.ndarray, profil
             isolated = tap.isolated(tf_model, tf_args, tf_kwargs)
             row["isolated"] = tap_metrics(reference, isolated.numpy(), profile, profile.isolated_rel_max, tap.logits)
         rows.append(row)
-    final_pairs = [("outputs/pred_logits", torch_final["pred_logits"], tf_final["pred_logits"], True),
-                   ("outputs/pred_masks", torch_final["pred_masks"], tf_final["pred_masks"], False)]
-    for index, aux in enumerate(torch_final.get("aux_outputs", [])):
-        final_pairs.append((f"outputs/aux_{index}_logits", aux["pred_logits"], tf_final["layer_logits"][index], True))
-        final_pairs.append((f"outputs/aux_{index}_masks", aux["pred_masks"], tf_final["layer_masks"][index], False))
-    for name, reference, value, logits in final_pairs:
+    tf_named = _final_outputs(tf_final)
+    bf16_named = None if torch_bf16 is None else _final_outputs(torch_bf16[2])
+    for name, reference in _final_outputs(torch_final).items():
         row = {"tap": name, "pytorch_module": "MaskFormer.forward", "tf_layer": "MaskFormer.call"}
         if "cumulative" in modes:
-            row["cumulative"] = tap_metrics(reference.numpy(), np.asarray(value), profile,
+            logits = name.endswith("logits")
+            row["cumulative"] = tap_metrics(reference.numpy(), np.asarray(tf_named[name]), profile,
                                             profile.cumulative_rel_max, logits)
-            if torch_bf16 is not None:
-                own = _final_output(torch_bf16[2], name)
+            if bf16_named is not None:
+                own = bf16_named[name].detach().float().numpy()
                 row["cumulative"]["reference_bf16_rel_max_error"] = tap_metrics(
                     reference.numpy(), own, profile, profile.cumulative_rel_max)["rel_max_error"]
         rows.append(row)

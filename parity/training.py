@@ -50,12 +50,15 @@ def float64_summary(gradients: list[dict[str, object]]) -> dict[str, object]:
     error explains (its gradient is below the bound against float64 too)."""
     judged = [r for r in gradients if not r["analytically_zero"]]
     failing = [r for r in judged if r["verdict"] == "fail"]
+
+    def tf_closer(rows: list[dict[str, object]]) -> int:
+        return sum(r["tf_cosine_to_float64"] >= r["reference_cosine_to_float64"] for r in rows)
+
     return {"tensors": len(judged), "lowest_tf_cosine": min(r["tf_cosine_to_float64"] for r in judged),
             "lowest_reference_cosine": min(r["reference_cosine_to_float64"] for r in judged),
-            "tf_closer": sum(r["tf_cosine_to_float64"] >= r["reference_cosine_to_float64"] for r in judged),
-            "failing": len(failing),
+            "tf_closer": tf_closer(judged), "failing": len(failing),
             "failing_with_reference_below_bound": sum(r["reference_below_bound_vs_float64"] for r in failing),
-            "failing_tf_closer": sum(r["tf_cosine_to_float64"] >= r["reference_cosine_to_float64"] for r in failing)}
+            "failing_tf_closer": tf_closer(failing)}
 
 
 def run_training_parity(torch_model: object, tf_model: object, images: np.ndarray, seed: int = 0,
