@@ -124,3 +124,27 @@ def test_ignored_pixels_leave_the_mask_losses() -> None:
     focal = -(0.25 * tgt * (1 - prob[:3]) ** 2 * log_p + 0.75 * (1 - tgt) * prob[:3] ** 2 * log_q)
     np.testing.assert_allclose(losses["loss_mask"].numpy(), focal.mean(-1).sum() / 3, rtol=1e-4)
     assert logits.shape[-1] == preset.num_classes + 1
+
+
+def test_criterion_gradient_is_one_concatenation_of_the_layers() -> None:
+    """The gradient w.r.t. the stacked [L, B, Q, h, w] outputs is one concatenation of the layers' gradients
+    under XLA, not a zero-padded copy of the whole stack per layer, added up (what indexing the stack per
+    layer gives: ~0.3 s of a 512x512 train step on this CPU); and it equals the eager gradient."""
+    preset, outputs, targets = _outputs_and_targets(6)
+    padded, loss = pad_targets(targets), MaskFormerLoss(preset)
+
+    def gradients(logits: tf.Tensor, masks: tf.Tensor) -> list[tf.Tensor]:
+        with tf.GradientTape() as tape:
+            tape.watch([logits, masks])
+            losses, _ = loss({"layer_logits": logits, "layer_masks": masks}, padded)
+            total = loss.weighted_total(losses)
+        return tape.gradient(total, [logits, masks])
+
+    compiled = tf.function(gradients, jit_compile=True)
+    args = (outputs["layer_logits"], outputs["layer_masks"])
+    hlo = compiled.experimental_get_compiler_ir(*args)(stage="hlo")
+    stack = "f32[{}]".format(",".join(map(str, outputs["layer_masks"].shape)))
+    assert not [line for line in hlo.splitlines() if f"= {stack}" in line and " pad(" in line]
+    assert any(f"= {stack}" in line and " concatenate(" in line for line in hlo.splitlines())
+    for xla, eager in zip(compiled(*args), gradients(*args), strict=True):
+        np.testing.assert_allclose(xla.numpy(), eager.numpy(), rtol=1e-5, atol=1e-7)

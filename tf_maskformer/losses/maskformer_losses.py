@@ -213,9 +213,12 @@ class MaskFormerLoss:
             normalisers = self.normalisers(targets, outputs["layer_logits"].shape[2])
         num_masks, weight_sum = normalisers
         order = [layers - 1, *range(layers - 1)] if self.preset.deep_supervision else [layers - 1]
+        # Unstacked once: indexing the stack per layer would make each layer's gradient a zero-padded copy
+        # of the whole [L, B, Q, h, w] stack (under XLA-CPU ~0.3 s per step to pad and add them at 512x512).
+        layer_logits, layer_masks = tf.unstack(outputs["layer_logits"]), tf.unstack(outputs["layer_masks"])
         losses, used = {}, []
         for position, layer in enumerate(order):
-            logits, masks = outputs["layer_logits"][layer], outputs["layer_masks"][layer]
+            logits, masks = layer_logits[layer], layer_masks[layer]
             assignment = (query_for_target[position] if query_for_target is not None
                           else self.match(logits, masks, targets))
             used.append(assignment)
