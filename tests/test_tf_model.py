@@ -292,3 +292,59 @@ def test_max_pool_under_xla_routes_ties_like_torch():
     (torch_y * torch.from_numpy(upstream).permute(0, 3, 1, 2)).sum().backward()
     np.testing.assert_array_equal(tf_y, torch_y.detach().permute(0, 2, 3, 1).numpy())
     np.testing.assert_allclose(tf_dx, torch_x.grad.permute(0, 2, 3, 1).numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_winograd_conv_under_xla_is_as_accurate_as_torch_float32():
+    """winograd_conv3x3 (XLA-CPU's form of wide 3x3 convs) on odd sizes: values, input and kernel gradients
+    against torch in float64, each within 2x the error of torch's own float32 conv (or 1e-6 of the max)."""
+    import torch
+
+    from tf_maskformer.modeling.layers import winograd_conv3x3
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 35, 49, 64)).astype(np.float32)  # 33x47 output: odd, so the last tiles are cut
+    kernel = (rng.normal(size=(3, 3, 64, 40)) / 24).astype(np.float32)
+    upstream = rng.normal(size=(2, 33, 47, 40)).astype(np.float32)
+
+    @tf.function(jit_compile=True)
+    def forward_backward(images: tf.Tensor, weights: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        with tf.GradientTape() as tape:
+            tape.watch([images, weights])
+            objective = tf.reduce_sum(winograd_conv3x3(images, weights) * upstream)
+        return (winograd_conv3x3(images, weights), *tape.gradient(objective, [images, weights]))
+
+    ours = [t.numpy() for t in forward_backward(tf.constant(x), tf.constant(kernel))]
+
+    def torch_conv(dtype: torch.dtype) -> list[np.ndarray]:
+        torch_x = torch.from_numpy(x).permute(0, 3, 1, 2).to(dtype).requires_grad_()
+        torch_k = torch.from_numpy(kernel).permute(3, 2, 0, 1).to(dtype).requires_grad_()
+        torch_y = torch.nn.functional.conv2d(torch_x, torch_k)
+        (torch_y * torch.from_numpy(upstream).permute(0, 3, 1, 2).to(dtype)).sum().backward()
+        return [t.double().numpy() for t in (torch_y.detach().permute(0, 2, 3, 1), torch_x.grad.permute(0, 2, 3, 1),
+                                             torch_k.grad.permute(2, 3, 1, 0))]
+
+    torch_single, torch_exact = torch_conv(torch.float32), torch_conv(torch.float64)
+    for name, value, single, exact in zip(("y", "dx", "dk"), ours, torch_single, torch_exact, strict=True):
+        scale = np.abs(exact).max()
+        torch_error = np.abs(single - exact).max() / scale
+        assert np.abs(value - exact).max() / scale <= max(2 * torch_error, 1e-6), name
+
+
+def test_wide_3x3_convs_under_xla_on_cpu_take_the_winograd_form():
+    """Conv2DNormAct under XLA on this CPU: a 256-channel 3x3 conv on 32x32 runs as Winograd matmuls (no
+    convolution in the HLO) with the eager conv's values; a 64-channel one stays a convolution."""
+    from tf_maskformer.modeling.layers import Conv2DNormAct
+
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(1, 32, 32, 256)), tf.float32)
+    for filters, winograd in ((256, True), (64, False)):
+        inputs, layer = x[..., :filters], Conv2DNormAct(filters, 3, padding=1, use_bias=True)
+        layer.build(inputs.shape)
+        layer.kernel.assign(rng.normal(size=(3, 3, filters, filters)) / np.sqrt(9 * filters))
+        eager = layer(inputs)
+        forward = tf.function(layer, jit_compile=True)
+        hlo = forward.experimental_get_compiler_ir(inputs)(stage="hlo")
+        assert (" convolution(" not in hlo) == winograd and (" dot(" in hlo) == winograd
+        xla = forward(inputs).numpy()
+        # Two float32 sums of 2304 products, each up to ~2e-6 of the max off float64 (see the test above).
+        assert np.abs(xla - eager.numpy()).max() <= 5e-6 * np.abs(eager.numpy()).max()
