@@ -1,6 +1,6 @@
 """Conversion speed and peak memory of `mfport convert` on the R50 + 6 Enc preset.
 
-Each measurement runs in its own fresh process so peak RSS (ru_maxrss) is that step's alone:
+Each measurement runs in its own fresh process so its peak RSS (VmHWM) is that step's alone:
 - baseline: import TensorFlow and build the TF model (what every conversion pays before any data work);
 - conversion: the same, then read + map + write of the seeded checkpoint (timed separately), after
   os.sync(); then, as floors of the write step, TF's checkpoint writer alone re-saving the converted
@@ -23,8 +23,12 @@ from benchmarks.common import write_result
 TARGET_MB_PER_S = 500.0
 TARGET_MEMORY_FACTOR = 2.5
 
+# The child's own high-water RSS. Not ru_maxrss: Linux carries the parent's peak across fork and exec
+# into it, so after run_all's earlier benchmarks (TF and torch loaded, ~2.7 GB) every child reported that.
+_PEAK_RSS_MB = "int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]) / 1024"
+
 _BASELINE = """
-import json, resource, time
+import json, time
 t = time.perf_counter()
 import tensorflow as tf
 from tf_maskformer.modeling.factory import build_maskformer
@@ -32,17 +36,17 @@ imported = time.perf_counter()
 build_maskformer({preset!r})
 built = time.perf_counter()
 print(json.dumps({{"import_s": imported - t, "build_s": built - imported,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+                  "peak_rss_mb": {peak_rss}}}))
 """
 
 # After the conversion (and its peak RSS), two floors of the write step on the same disk, same run:
 # TF's own checkpoint writer re-saving the converted variables, and a plain file write of as many bytes.
 _CONVERT = """
-import json, os, resource, time
+import json, os, time
 from converter.convert import convert_to_tf, load_tf_model
 os.sync()  # no dirty pages of an earlier run throttle this one's writes
 result = convert_to_tf({checkpoint!r}, {output!r})
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+peak = {peak_rss}
 import tensorflow as tf
 model = load_tf_model({output!r})
 os.sync()
@@ -74,8 +78,9 @@ def run(preset_name: str, repeats: int) -> dict[str, object]:
         checkpoint = Path(tmp) / "seeded.pkl"
         write_seeded_checkpoint(get_preset(preset_name), 0, checkpoint)
         size_mb = checkpoint.stat().st_size / 2**20
-        baselines = [_run(_BASELINE.format(preset=preset_name)) for _ in range(repeats)]
-        conversions = [_run(_CONVERT.format(checkpoint=str(checkpoint), output=str(Path(tmp) / f"out{i}")))
+        baselines = [_run(_BASELINE.format(preset=preset_name, peak_rss=_PEAK_RSS_MB)) for _ in range(repeats)]
+        conversions = [_run(_CONVERT.format(checkpoint=str(checkpoint), output=str(Path(tmp) / f"out{i}"),
+                                      peak_rss=_PEAK_RSS_MB))
                        for i in range(repeats)]
     best = min(conversions, key=lambda c: sum(c["timings_s"][k] for k in ("read", "map", "write")))
     read_map_s = best["timings_s"]["read"] + best["timings_s"]["map"]
