@@ -283,6 +283,8 @@ def cmd_parity(args: argparse.Namespace) -> int:
                           f"{(row.get('cumulative') or {}).get('cosine', float('nan')):.9f}")
         _console().print(table)
         if result.training:
+            from parity.training import float64_summary, thread_count_context
+
             training = result.training
             worst = min(training["gradients"], key=lambda r: 2.0 if r["analytically_zero"] else r["cosine"])
             _console().print(
@@ -293,9 +295,10 @@ def cmd_parity(args: argparse.Namespace) -> int:
                 f"{max(r['rel_error_cumulative'] for r in training['losses']):.1e}; gradients: "
                 f"{sum(r['verdict'] == 'pass' for r in training['gradients'])}/{len(training['gradients'])} pass, "
                 f"lowest cosine {worst['cosine']:.7f} ({worst['tf_variable']})")
+            context = thread_count_context(training["gradients"])
+            if context:
+                _console().print(f"gradients: {context}")
             if training.get("float64_reference"):
-                from parity.training import float64_summary
-
                 f64 = float64_summary(training["gradients"])
                 _console().print(
                     f"against a float64 backward: lowest cosine TF {f64['lowest_tf_cosine']:.7f}, PyTorch "

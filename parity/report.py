@@ -10,7 +10,7 @@ from pathlib import Path
 
 from converter.checkpoint_io import atomic_write
 from parity.harness import ParityResult
-from parity.training import float64_summary
+from parity.training import float64_summary, thread_count_context
 
 SCHEMA_VERSION = 1
 
@@ -79,6 +79,9 @@ def markdown(result: ParityResult, meta: dict[str, object]) -> str:
         lines += [f"| `{r['tf_variable']}` | {r['cosine']:.7f} | {r['reference_self_cosine']:.7f} | "
                   f"{r['rel_max_error']:.1e} | {_cosine_cell(r, 'tf_cosine_to_float64')} | "
                   f"{_cosine_cell(r, 'reference_cosine_to_float64')} |" for r in gradients[:8]]
+        context = thread_count_context(gradients)
+        if context:
+            lines += ["", context[0].upper() + context[1:] + "."]
         if training.get("float64_reference"):
             f64 = float64_summary(gradients)
             lines += ["", "The float64 columns compare each float32 gradient with a float64 backward of the reference "

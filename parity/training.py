@@ -61,6 +61,20 @@ def float64_summary(gradients: list[dict[str, object]]) -> dict[str, object]:
             "failing_tf_closer": tf_closer(failing)}
 
 
+def thread_count_context(gradients: list[dict[str, object]]) -> str | None:
+    """For a run whose gradients break the bound: how many of the failing tensors PyTorch's own gradient,
+    recomputed under another thread count, also breaks it (float32 summation order alone), and where the
+    float64 comparison is. None when every gradient passes."""
+    failing = [r for r in gradients if r["verdict"] == "fail"]
+    if not failing:
+        return None
+    own = sum(r["reference_self_cosine"] < GRADIENT_COSINE_BOUND for r in failing)
+    hint = "" if any("tf_cosine_to_float64" in r for r in failing) else (
+        "; --float64-gradients compares both with a float64 backward")
+    return (f"PyTorch against itself under another thread count is below the bound on {own} of the "
+            f"{len(failing)} failing tensors too{hint}")
+
+
 def run_training_parity(torch_model: object, tf_model: object, images: np.ndarray, seed: int = 0,
                         float64_reference: bool = False) -> dict[str, object]:
     """Matcher, loss and gradient parity on synthetic targets. `float64_reference` also backpropagates a

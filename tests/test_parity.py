@@ -171,3 +171,12 @@ def test_float64_context_of_gradient_parity(seeded_checkpoint):
     assert failing and all(r["reference_below_bound_vs_float64"] for r in failing)
     assert min(r["tf_cosine_to_float64"] for r in judged) > min(r["reference_cosine_to_float64"] for r in judged)
     assert min(r["tf_cosine_to_float64"] for r in judged) >= 0.9999
+    # The report's one-line context for the failing rows, counted here by hand.
+    from parity.training import thread_count_context
+
+    own = sum(r["reference_self_cosine"] < 0.99999 for r in failing)
+    context = thread_count_context(result["gradients"])
+    assert f" {own} of the {len(failing)} failing tensors too" in context and "--float64-gradients" not in context
+    float32_only = [{k: v for k, v in r.items() if "float64" not in k} for r in result["gradients"]]
+    assert "--float64-gradients compares" in thread_count_context(float32_only)
+    assert thread_count_context([{**r, "verdict": "pass"} for r in result["gradients"]]) is None
