@@ -304,7 +304,10 @@ def cmd_parity(args: argparse.Namespace) -> int:
                     f"against a float64 backward: lowest cosine TF {f64['lowest_tf_cosine']:.7f}, PyTorch "
                     f"{f64['lowest_reference_cosine']:.7f}; TF closer on {f64['tf_closer']}/{f64['tensors']} "
                     f"tensors; of the {f64['failing']} below the bound, {f64['failing_with_reference_below_bound']}"
-                    " are tensors where PyTorch's own float32 gradient is below it against float64")
+                    " are tensors where PyTorch's own float32 gradient is below it against float64; loss terms "
+                    "end to end against float64: TF within "
+                    f"{max(r['tf_rel_error_vs_float64'] for r in training['losses']):.1e}, PyTorch within "
+                    f"{max(r['reference_rel_error_vs_float64'] for r in training['losses']):.1e}")
         differing = [item["field"] for item in result.lint if not item["same"]]
         _console().print(f"config lint: {'all same' if not differing else 'DIFFERENT: ' + ', '.join(differing)}; "
                          f"reports: {', '.join(str(p) for p in paths.values())}")

@@ -37,8 +37,9 @@ def _fmt(metrics: dict[str, object] | None, key: str = "rel_max_error") -> str:
     return f"{metrics[key]:.2e}{own} {_mark(metrics['verdict'])}"
 
 
-def _cosine_cell(row: dict[str, object], key: str) -> str:
-    return f"{row[key]:.7f}" if key in row else "not run"
+def _cell(row: dict[str, object], key: str, spec: str = ".7f") -> str:
+    """A float64-context column: the value, or "not run" without --float64-gradients."""
+    return format(row[key], spec) if key in row else "not run"
 
 
 def markdown(result: ParityResult, meta: dict[str, object]) -> str:
@@ -64,10 +65,13 @@ def markdown(result: ParityResult, meta: dict[str, object]) -> str:
                   + ", ".join(f"{r['layer']} {'identical' if r['identical'] else 'DIFFERENT'}"
                               f"/{'identical' if r['in_graph_identical'] else 'DIFFERENT'}"
                               for r in training["matcher"]), "",
-                  "| loss term | PyTorch | TensorFlow | rel. error end to end | rel. error isolated |",
-                  "| --- | --- | --- | --- | --- |"]
+                  "| loss term | PyTorch | TensorFlow | rel. error end to end | rel. error isolated | "
+                  "TF vs float64 | PyTorch vs float64 |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
         lines += [f"| {r['term']} | {r['pytorch']:.7g} | {r['tensorflow']:.7g} | {r['rel_error_cumulative']:.1e} | "
-                  f"{r['rel_error_isolated']:.1e} {'✓' if r['verdict'] == 'pass' else '✗'} |"
+                  f"{r['rel_error_isolated']:.1e} {'✓' if r['verdict'] == 'pass' else '✗'} | "
+                  f"{_cell(r, 'tf_rel_error_vs_float64', '.1e')} | "
+                  f"{_cell(r, 'reference_rel_error_vs_float64', '.1e')} |"
                   for r in training["losses"]]
         gradients = sorted(training["gradients"], key=lambda r: (r["analytically_zero"], r["cosine"]))
         lines += ["", f"Gradients: {sum(r['verdict'] == 'pass' for r in gradients)}/{len(gradients)} parameter "
@@ -77,8 +81,8 @@ def markdown(result: ParityResult, meta: dict[str, object]) -> str:
                   "PyTorch vs float64 |",
                   "| --- | --- | --- | --- | --- | --- |"]
         lines += [f"| `{r['tf_variable']}` | {r['cosine']:.7f} | {r['reference_self_cosine']:.7f} | "
-                  f"{r['rel_max_error']:.1e} | {_cosine_cell(r, 'tf_cosine_to_float64')} | "
-                  f"{_cosine_cell(r, 'reference_cosine_to_float64')} |" for r in gradients[:8]]
+                  f"{r['rel_max_error']:.1e} | {_cell(r, 'tf_cosine_to_float64')} | "
+                  f"{_cell(r, 'reference_cosine_to_float64')} |" for r in gradients[:8]]
         context = thread_count_context(gradients)
         if context:
             lines += ["", context[0].upper() + context[1:] + "."]

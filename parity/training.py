@@ -78,8 +78,8 @@ def thread_count_context(gradients: list[dict[str, object]]) -> str | None:
 def run_training_parity(torch_model: object, tf_model: object, images: np.ndarray, seed: int = 0,
                         float64_reference: bool = False) -> dict[str, object]:
     """Matcher, loss and gradient parity on synthetic targets. `float64_reference` also backpropagates a
-    float64 copy of the reference: each gradient row then tells how close TF's and PyTorch's float32
-    gradients each come to the float64 one (context for the cosine bound, which fp32 noise can break)."""
+    float64 copy of the reference: each gradient and loss row then tells how close TF's and PyTorch's
+    float32 values each come to the float64 ones (context for the bounds, which fp32 noise can break)."""
     import tensorflow as tf
     import torch
 
@@ -113,7 +113,7 @@ def run_training_parity(torch_model: object, tf_model: object, images: np.ndarra
     finally:
         torch.set_num_threads(threads)
     outputs, torch_indices, torch_losses, total, torch_grads = torch_backward()
-    exact_grads, exact_same_assignment = None, None
+    exact_grads, exact_losses, exact_same_assignment = None, None, None
     if float64_reference:
         exact_model = copy.deepcopy(torch_model).double()
         exact_outputs = exact_model.forward_padded(padded.double())
@@ -123,7 +123,8 @@ def run_training_parity(torch_model: object, tf_model: object, images: np.ndarra
                                                                                    strict=True)
                                     for pair32, pair64 in zip(layer32, layer64, strict=True)
                                     for a, b in zip(pair32, pair64, strict=True))
-        sum(exact_model.criterion.weighted(exact_model.criterion(exact_outputs, torch_targets)).values()).backward()
+        exact_losses = exact_model.criterion(exact_outputs, torch_targets)
+        sum(exact_model.criterion.weighted(exact_losses).values()).backward()
         exact_grads = {n: p.grad.numpy() for n, p in exact_model.named_parameters() if p.grad is not None}
     torch_layers = [outputs, *outputs["aux_outputs"]]
 
@@ -170,6 +171,11 @@ def run_training_parity(torch_model: object, tf_model: object, images: np.ndarra
         loss_rows.append({"term": key, "pytorch": reference, "tensorflow": float(tf_losses[key]),
                           "rel_error_cumulative": cumulative, "rel_error_isolated": isolated,
                           "verdict": "pass" if isolated <= LOSS_REL_BOUND else "fail"})
+        if exact_losses is not None:  # each float32 loss end to end against the float64 reference's
+            exact_value = float(exact_losses[key].detach())
+            loss_rows[-1].update({"pytorch_float64": exact_value,
+                                  "tf_rel_error_vs_float64": _relative(exact_value, float(tf_losses[key])),
+                                  "reference_rel_error_vs_float64": _relative(exact_value, reference)})
     shapes = {tf_variable_path(v.name): tuple(v.shape) for v in variables}
     mapped = map_to_tf_layout(torch_grads, shapes)
     noise = map_to_tf_layout(noise_grads, shapes)
