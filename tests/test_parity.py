@@ -180,13 +180,14 @@ def test_float64_context_of_gradient_parity(seeded_checkpoint):
     float32_only = [{k: v for k, v in r.items() if "float64" not in k} for r in result["gradients"]]
     assert "--float64-gradients compares" in thread_count_context(float32_only)
     assert thread_count_context([{**r, "verdict": "pass"} for r in result["gradients"]]) is None
-    # Loss terms end to end against the float64 reference's: TF's float32 losses are as close as PyTorch's own.
+    # Loss terms end to end against the float64 reference's, recomputed from the stored values.
     for row in result["losses"]:
         exact = row["pytorch_float64"]
         assert row["tf_rel_error_vs_float64"] == pytest.approx(abs(row["tensorflow"] - exact) / abs(exact))
         assert row["reference_rel_error_vs_float64"] == pytest.approx(abs(row["pytorch"] - exact) / abs(exact))
     # Measured here: the mask (focal) terms of PyTorch's own float32 run are off float64 by up to 5.0e-6, TF's
-    # by up to 5.8e-6, so a 1e-6 end-to-end bound lies below float32's accuracy (the verdict is isolated).
+    # by up to 5.8e-6, so a 1e-6 end-to-end bound lies below float32's accuracy (the verdict is isolated). The
+    # 3x allowance for TF is loose here (1.2x); at 480x640 (R50 + 6 Enc) it measured 6.4e-6 against 2.0e-6.
     worst_tf = max(r["tf_rel_error_vs_float64"] for r in result["losses"])
     worst_reference = max(r["reference_rel_error_vs_float64"] for r in result["losses"])
     assert worst_reference > 1e-6 and worst_tf <= 3 * worst_reference
