@@ -106,9 +106,10 @@ def torch_to_tf(state: dict[str, np.ndarray], tf_shapes: dict[str, tuple[int, ..
                 ) -> tuple[dict[str, np.ndarray], list[TensorRecord]]:
     """Live-named PyTorch tensors -> {TF variable path: value}, or ConversionError with a full report.
 
-    With `sink`, each converted value goes to sink(TF variable path, value) as soon as it exists instead
-    of into the returned dict; with `consume`, each source tensor leaves `state` once converted. Together
-    they stream: memory holds the checkpoint plus one converted tensor, not two copies of the model.
+    With `sink`, each converted value (maybe a non-contiguous view, such as a transposed kernel) goes to
+    sink(TF variable path, value) as soon as it exists instead of into the returned dict; with `consume`,
+    each source tensor leaves `state` once converted. Together they stream: memory holds the checkpoint
+    plus one converted tensor, not two copies of the model.
     """
     values: dict[str, np.ndarray] = {}
     assigned: set[str] = set()
@@ -141,7 +142,7 @@ def torch_to_tf(state: dict[str, np.ndarray], tf_shapes: dict[str, tuple[int, ..
             if sink is None:
                 values[target] = np.ascontiguousarray(value)
             else:
-                sink(target, np.ascontiguousarray(value))
+                sink(target, value)  # possibly a transposed view: the sink lays it out
         records.append(TensorRecord(key, family, targets, rule.transform.name, list(tensor.shape),
                                     [list(tf_shapes[t]) for t in targets], str(tensor.dtype),
                                     f"{zlib.crc32(np.ascontiguousarray(data)):08x}"))

@@ -215,3 +215,15 @@ def test_bfloat16_torch_file_is_reported_and_can_be_kept(seeded_checkpoint, tmp_
     key = "backbone.res3.1.conv2.weight"
     expected = torch.from_numpy(tensors[key]).to(torch.bfloat16).float().numpy()
     assert np.array_equal(convert_to_torch(tmp_path / "cast", tmp_path / "b.pth")[key], expected)
+
+
+@pytest.mark.parametrize(("shape", "axes"), [((64, 32, 3, 3), (2, 3, 1, 0)), ((64, 32, 1, 1), (2, 3, 1, 0)),
+                                             ((3, 1, 1, 4), (2, 3, 1, 0)), ((7, 5), (1, 0)), ((1, 5), (1, 0))])
+def test_transposed_views_are_laid_out_as_numpy_would(shape, axes):
+    """The conversion sink lays out transposed kernels with TF's transpose (size-1 axes included)."""
+    value = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    view = np.transpose(value, axes)
+    laid_out = np.asarray(convert_module._laid_out(view))
+    assert laid_out.shape == view.shape and np.array_equal(laid_out, np.ascontiguousarray(view))
+    sliced = value.reshape(shape[0], -1)[:, ::2]  # not a pure transpose: numpy's copy
+    assert np.array_equal(convert_module._laid_out(sliced), sliced)
