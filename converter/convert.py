@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -83,7 +83,7 @@ class OutputDir:
 
 
 @contextlib.contextmanager
-def _without_cyclic_gc() -> Iterable[None]:
+def _without_cyclic_gc() -> Iterator[None]:
     """Mapping and checkpoint writing free their arrays by reference count and make few cycles; a full
     collection over the just-built model's Python objects, which they would otherwise trigger now and
     then, costs ~0.2 s."""
