@@ -85,7 +85,7 @@ def markdown(result: ParityResult, meta: dict[str, object]) -> str:
                   f"{_cell(r, 'reference_cosine_to_float64')} |" for r in gradients[:8]]
         context = thread_count_context(gradients)
         if context:
-            lines += ["", context[0].upper() + context[1:] + "."]
+            lines += ["", context + "."]
         if training.get("float64_reference"):
             f64 = float64_summary(gradients)
             lines += ["", "The float64 columns compare each float32 gradient with a float64 backward of the reference "
