@@ -2,7 +2,8 @@
 
 Formats, detected from the file's bytes (the extension is only a hint):
 - detectron2 pickle (.pkl): {"model": {name: ndarray}, "__author__": ...}; read with a restricted
-  unpickler that admits only containers, scalars and numpy arrays.
+  unpickler that admits only containers, scalars and numpy arrays, from a private memory map of the
+  file: large arrays are views of the mapped bytes, never copied on the way in.
 - torch zip/legacy file (.pth/.pt): a state dict or {"model": state_dict, ...}; torch.load(weights_only=True).
 - safetensors.
 Every failure is a CheckpointError whose message is one line naming the file.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import mmap
 import os
 import pickle
 import tempfile
@@ -45,7 +47,9 @@ class UnsafePickleError(pickle.UnpicklingError):
     """The pickle asked for something other than numpy arrays, containers and scalars."""
 
 
-class RestrictedUnpickler(pickle.Unpickler):
+class _RestrictedGlobals:
+    """find_class that admits only _ALLOWED_GLOBALS and numpy 2's dtype classes."""
+
     def find_class(self, module: str, name: str) -> object:
         if (module, name) in _ALLOWED_GLOBALS:
             return super().find_class(module, name)
@@ -53,6 +57,118 @@ class RestrictedUnpickler(pickle.Unpickler):
             return super().find_class(module, name)
         raise UnsafePickleError(f"refused to load global '{module}.{name}' (only numpy arrays, "
                                      "containers and scalars are allowed)")
+
+
+class RestrictedUnpickler(_RestrictedGlobals, pickle.Unpickler):
+    """The C unpickler, restricted: for bytes and streams."""
+
+
+# Payloads at least this long come back from the mapped file as views; pickle's writer puts such
+# payloads outside its 64 KiB frames when it writes to a file, so they are not copied through a frame.
+_VIEW_MIN_BYTES = 1 << 16
+
+
+class _MappedFile:
+    """The read/readline a pickle reader needs, over a memory map: short reads are bytes, long ones views."""
+
+    def __init__(self, mapped: mmap.mmap) -> None:
+        self._mapped = mapped
+        self._view = memoryview(mapped)
+        self._pos = 0
+
+    def read(self, size: int) -> bytes | memoryview:
+        start, end = self._pos, self._pos + size
+        if end > len(self._mapped):
+            if start >= len(self._mapped):
+                return b""  # end of file: the unpickler raises EOFError
+            raise pickle.UnpicklingError(f"pickle data was truncated ({size} bytes wanted at {start})")
+        self._pos = end
+        return self._view[start:end] if size >= _VIEW_MIN_BYTES else self._mapped[start:end]
+
+    def readline(self) -> bytes:
+        end = self._mapped.find(b"\n", self._pos)
+        end = len(self._mapped) if end < 0 else end + 1
+        line, self._pos = self._mapped[self._pos:end], end
+        return line
+
+
+class _PendingArray:
+    """Stands for an ndarray while a mapped pickle loads: the pickle's BUILD hands it the array's state
+    (version, shape, dtype, Fortran order, data), and `materialize` turns it into the array."""
+
+    def __setstate__(self, state: tuple) -> None:
+        self.state = state
+
+    def materialize(self) -> np.ndarray:
+        state = getattr(self, "state", None)
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise pickle.UnpicklingError("an ndarray without a valid state")
+        shape, dtype, fortran, data = state[-4:]
+        # Plain numbers in native byte order become views; numpy's own unpickling also swaps the rest.
+        if isinstance(data, memoryview) and isinstance(dtype, np.dtype) and dtype.kind in "biufc" and dtype.isnative:
+            count = int(np.prod(shape, dtype=np.int64))
+            if count * dtype.itemsize != len(data):
+                raise ValueError(f"array data of {len(data)} bytes for shape {tuple(shape)} of {dtype}")
+            flat = np.frombuffer(data, dtype=dtype, count=count)
+            return flat.reshape(tuple(shape)[::-1]).T if fortran else flat.reshape(shape)
+        # Python 2 str payloads, short payloads, other dtypes: numpy's own unpickling of the state.
+        array = np.ndarray.__new__(np.ndarray, (0,), "b")
+        array.__setstate__(tuple(bytes(p) if isinstance(p, memoryview) else p for p in state))
+        return array
+
+
+def _pending_array(subtype: type, shape: tuple, dtype: object) -> _PendingArray:
+    if subtype is not np.ndarray:
+        raise UnsafePickleError(f"refused to rebuild an array of type '{subtype!r}' (only numpy.ndarray)")
+    return _PendingArray()
+
+
+class _MappedUnpickler(_RestrictedGlobals, pickle._Unpickler):
+    """The restricted unpickler over a memory-mapped file. Python's pure-Python unpickler, because the C one
+    copies every payload into a new bytes object: here numpy's _reconstruct yields a _PendingArray, and
+    long payloads stay views of the mapping, so a 170 MB checkpoint is read without being copied."""
+
+    def find_class(self, module: str, name: str) -> object:
+        found = super().find_class(module, name)
+        return _pending_array if name == "_reconstruct" else found
+
+    def _decode_string(self, value: bytes | memoryview) -> object:  # Python 2 str payloads
+        return super()._decode_string(bytes(value) if isinstance(value, memoryview) else value)
+
+
+def _materialized(obj: object, done: dict[int, object]) -> object:
+    """The unpickled object with every _PendingArray made an array (and stray views made bytes)."""
+    if id(obj) in done:
+        return done[id(obj)]
+    if isinstance(obj, _PendingArray):
+        state = getattr(obj, "state", None)
+        if isinstance(state, tuple) and state and isinstance(state[-1], list):  # an object array's items
+            obj.state = (*state[:-1], _materialized(state[-1], done))
+        done[id(obj)] = obj.materialize()
+    elif isinstance(obj, memoryview):
+        done[id(obj)] = obj.tobytes()
+    elif isinstance(obj, dict):
+        done[id(obj)] = obj  # containers are filled in place (a self-reference finds the same object)
+        for key, value in obj.items():
+            obj[key] = _materialized(value, done)
+    elif isinstance(obj, list):
+        done[id(obj)] = obj
+        obj[:] = [_materialized(value, done) for value in obj]
+    elif isinstance(obj, tuple):
+        done[id(obj)] = tuple(_materialized(value, done) for value in obj)
+    else:
+        return obj
+    return done[id(obj)]
+
+
+def unpickle_mapped(path: str | os.PathLike[str]) -> object:
+    """Unpickle a file through a private (copy-on-write) memory map: arrays of 64 KiB and more are views
+    of the file's pages (read on first touch, from the page cache), writable without touching the file.
+    Only allowed globals load. As with any memory map, the file must not be rewritten while they live."""
+    with open(path, "rb") as f:
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # the map outlives the descriptor
+    loaded = _MappedUnpickler(_MappedFile(mapped), encoding="latin1").load()
+    return _materialized(loaded, {})
 
 
 def safe_unpickle(data: bytes | io.BufferedIOBase) -> object:
@@ -117,11 +233,11 @@ def _to_numpy(name: str, value: object, path: Path) -> np.ndarray:
 
 def _read_pickle(path: Path) -> object:
     try:
-        with open(path, "rb") as f:  # streamed: the file's bytes are never held whole beside the arrays
-            return safe_unpickle(f)
+        return unpickle_mapped(path)
     except UnsafePickleError as err:
         raise CheckpointError(f"{path}: unsafe pickle, nothing executed: {err}") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, MemoryError) as err:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            MemoryError, RecursionError) as err:
         raise CheckpointError(f"{path}: truncated or corrupt pickle ({type(err).__name__}: {err})") from None
 
 

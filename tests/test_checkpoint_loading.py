@@ -196,3 +196,62 @@ def test_numpy_1x_module_names_are_accepted():
         assert new in patched
         loaded = safe_unpickle(patched)
         np.testing.assert_array_equal(loaded["model"]["w"], array)
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4])
+def test_mapped_pickle_reads_what_pickle_load_reads(tmp_path, protocol):
+    """The memory-mapped reader against the standard unpickler: every value, dtype, shape and memory order;
+    one array referenced twice stays one object; large arrays are views of the file, and writing to them
+    leaves the file as it was."""
+    from collections import OrderedDict
+
+    from converter.checkpoint_io import unpickle_mapped
+
+    rng = np.random.default_rng(protocol)
+    large = rng.standard_normal((64, 300)).astype(np.float32)  # 76.8 KB: past the 64 KiB view threshold
+    model = OrderedDict(
+        large=large, fortran=np.asfortranarray(rng.standard_normal((40, 500))),
+        big_endian=large.astype(">f4"), half=large.astype(np.float16), ints=np.arange(20_000),
+        small=np.float32([1.5, -2.0]), scalar=np.float32(3.5), zero_d=np.array(2.0), shared=large,
+        objects=np.array([large, 1], dtype=object))
+    if protocol > 2:  # protocol 2 spells an empty payload as builtins.bytes(), which the allowlist refuses
+        model["empty"] = np.zeros((0, 3), np.float32)
+    path = tmp_path / f"p{protocol}.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"model": model, "__author__": "test"}, f, protocol=protocol)
+    with open(path, "rb") as f:
+        expected = pickle.load(f, encoding="latin1")["model"]
+    before = path.read_bytes()
+
+    loaded = unpickle_mapped(path)
+    got = loaded["model"]
+    assert type(got) is OrderedDict and list(got) == list(expected) and loaded["__author__"] == "test"
+    for key, want in expected.items():
+        if key == "objects":
+            assert type(got[key][0]) is np.ndarray and np.array_equal(got[key][0], want[0]) and got[key][1] == 1
+            continue
+        value = got[key]
+        assert type(value) is type(want) and value.dtype == want.dtype and value.shape == want.shape, key
+        assert np.array_equal(value, want), key
+        if isinstance(want, np.ndarray):
+            assert value.flags.f_contiguous == want.flags.f_contiguous, key
+    assert got["shared"] is got["large"]
+    if protocol > 2:  # protocol 2 carries payloads as latin-1 text: they cannot be views
+        assert not got["large"].flags.owndata and got["large"].base is not None
+    got["large"][0, 0] = 1e6  # writable, copy on write
+    assert path.read_bytes() == before
+
+
+def test_mapped_pickle_refuses_what_the_restricted_unpickler_refuses(tmp_path):
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(pickle.dumps({"model": {"w": _Payload(str(tmp_path / "ran"))}}, protocol=4))
+    with pytest.raises(CheckpointError, match="unsafe pickle, nothing executed"):
+        read_checkpoint(evil)
+    assert not (tmp_path / "ran").exists()
+    # A payload cut short inside a large array: named as truncated, whichever opcode it stops in.
+    data = pickle.dumps({"model": {"w": np.ones(50_000, np.float32)}}, protocol=4)
+    for cut in (len(data) // 2, len(data) - 3):
+        short = tmp_path / f"short{cut}.pkl"
+        short.write_bytes(data[:cut])
+        with pytest.raises(CheckpointError, match="truncated or corrupt"):
+            read_checkpoint(short)
