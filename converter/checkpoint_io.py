@@ -12,7 +12,6 @@ Every failure is a CheckpointError whose message is one line naming the file.
 from __future__ import annotations
 
 import dataclasses
-import io
 import mmap
 import os
 import pickle
@@ -45,22 +44,6 @@ _ALLOWED_GLOBALS = {
 
 class UnsafePickleError(pickle.UnpicklingError):
     """The pickle asked for something other than numpy arrays, containers and scalars."""
-
-
-class _RestrictedGlobals:
-    """find_class that admits only _ALLOWED_GLOBALS and numpy 2's dtype classes."""
-
-    def find_class(self, module: str, name: str) -> object:
-        if (module, name) in _ALLOWED_GLOBALS:
-            return super().find_class(module, name)
-        if module == "numpy.dtypes" and name.endswith("DType"):  # numpy 2 dtype classes
-            return super().find_class(module, name)
-        raise UnsafePickleError(f"refused to load global '{module}.{name}' (only numpy arrays, "
-                                     "containers and scalars are allowed)")
-
-
-class RestrictedUnpickler(_RestrictedGlobals, pickle.Unpickler):
-    """The C unpickler, restricted: for bytes and streams."""
 
 
 # Payloads at least this long come back from the mapped file as views; pickle's writer puts such
@@ -123,14 +106,19 @@ def _pending_array(subtype: type, shape: tuple, dtype: object) -> _PendingArray:
     return _PendingArray()
 
 
-class _MappedUnpickler(_RestrictedGlobals, pickle._Unpickler):
-    """The restricted unpickler over a memory-mapped file. Python's pure-Python unpickler, because the C one
-    copies every payload into a new bytes object: here numpy's _reconstruct yields a _PendingArray, and
-    long payloads stay views of the mapping, so a 170 MB checkpoint is read without being copied."""
+class _MappedUnpickler(pickle._Unpickler):
+    """The restricted unpickler over a memory-mapped file: only _ALLOWED_GLOBALS and numpy 2's dtype classes
+    load. Python's pure-Python unpickler, because the C one copies every payload into a new bytes object:
+    here numpy's _reconstruct yields a _PendingArray, and long payloads stay views of the mapping, so a
+    170 MB checkpoint is read without being copied."""
 
     def find_class(self, module: str, name: str) -> object:
-        found = super().find_class(module, name)
-        return _pending_array if name == "_reconstruct" else found
+        if (module, name) in _ALLOWED_GLOBALS:
+            return _pending_array if name == "_reconstruct" else super().find_class(module, name)
+        if module == "numpy.dtypes" and name.endswith("DType"):  # numpy 2 dtype classes
+            return super().find_class(module, name)
+        raise UnsafePickleError(f"refused to load global '{module}.{name}' (only numpy arrays, "
+                                     "containers and scalars are allowed)")
 
     def _decode_string(self, value: bytes | memoryview) -> object:  # Python 2 str payloads
         return super()._decode_string(bytes(value) if isinstance(value, memoryview) else value)
@@ -169,12 +157,6 @@ def unpickle_mapped(path: str | os.PathLike[str]) -> object:
         mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # the map outlives the descriptor
     loaded = _MappedUnpickler(_MappedFile(mapped), encoding="latin1").load()
     return _materialized(loaded, {})
-
-
-def safe_unpickle(data: bytes | io.BufferedIOBase) -> object:
-    """Unpickle bytes or a binary file; latin1 lets Python 2 pickles (older model-zoo files) decode."""
-    stream = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
-    return RestrictedUnpickler(stream, encoding="latin1").load()
 
 
 @dataclasses.dataclass
