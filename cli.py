@@ -1,7 +1,7 @@
 """`mfport`: MaskFormer from PyTorch to TensorFlow, proven tensor by tensor.
 
 Exit codes: 0 success; 1 bad input (unreadable, unsafe or mismatched checkpoint, existing output
-without --force) or a failed parity check; 2 bad command-line usage.
+without --force, a missing optional dependency) or a failed parity check; 2 bad command-line usage.
 """
 
 from __future__ import annotations
@@ -15,152 +15,127 @@ from pathlib import Path
 
 # TensorFlow's C++ start-up chatter (CUDA probing, CPU features) would bury one-line errors.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# tf.keras is tf_keras (what mfport and the Model Garden use): `import tensorflow` then skips importing
+# Keras 3, ~2 s of every command's start-up.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 EXIT_OK, EXIT_INPUT_ERROR, EXIT_USAGE = 0, 1, 2
 
+# Library parameter names -> the flags that set them (a library error names the parameter).
+FLAGS = {"preset": "--preset", "naming": "--naming", "dataset": "--dataset", "class_names": "--class-names",
+         "force": "--force", "format": "--format", "output": "--output", "allow_nonfinite": "--allow-nonfinite",
+         "experiment": "--experiment", "config_file": "--config_file", "params_override": "--params_override",
+         "model_dir": "--model-dir", "init_checkpoint": "--init-from", "images": "--images",
+         "task.train_data.input_path": "--train-data", "task.validation_data.input_path": "--val-data",
+         "attention": "--attention", "image_size": "--image-size"}
 
-class UserError(Exception):
-    """An error the user can fix; printed as one line, exit code 1."""
 
-
-def _console():  # noqa: ANN202 - rich is imported lazily to keep `mfport --help` fast
+def console():  # noqa: ANN201 - rich is imported lazily to keep `mfport --help` fast
+    """A rich console; when stdout is not a terminal (CI logs, files) tables get 200 columns instead of
+    rich's default 80, so tap names and paths are not cut."""
     from rich.console import Console
 
-    return Console()
+    return Console() if sys.stdout.isatty() else Console(width=int(os.environ.get("COLUMNS", 200)))
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from torch_reference.presets import PRESETS
+    from mfport.core.presets import PRESETS
 
     if args.json:
-        print(json.dumps({name: {"description": p.description, "original_config": p.original_config,
-                                 "num_classes": p.num_classes, "backbone_depth": p.backbone_depth,
-                                 "pixel_decoder": p.pixel_decoder,
-                                 "published_params_m": p.published_params_m} for name, p in PRESETS.items()},
-                         indent=2))
+        print(json.dumps({name: p.to_dict() for name, p in PRESETS.items()}, indent=1))
         return EXIT_OK
-    table = Table(title="MaskFormer presets")
-    for column in ("preset", "backbone", "pixel decoder", "classes", "params (published)", "original config"):
+    table = Table(title=f"MaskFormer presets: the {len(PRESETS)} released models (mfport --preset NAME)")
+    for column in ("data set", "preset", "backbone", "pixel decoder", "classes", "result", "params",
+                   "original config"):
         table.add_column(column)
-    for name, p in PRESETS.items():
-        decoder = "BasePixelDecoder" if p.pixel_decoder == "base" else f"+{p.pixel_decoder_enc_layers} Enc"
-        table.add_row(name, f"R{p.backbone_depth}", decoder, str(p.num_classes), f"{p.published_params_m:.2f}M",
-                      p.original_config)
-    _console().print(table)
+    for dataset in dict.fromkeys(p.labels.name for p in PRESETS.values()):
+        for name, p in PRESETS.items():
+            if p.labels.name != dataset:
+                continue
+            decoder = "BasePixelDecoder" if p.pixel_decoder == "base" else f"+{p.pixel_decoder_enc_layers} Enc"
+            params = f"{p.published_params_m:.2f}M" if p.published_params_m else "-"
+            table.add_row(dataset, name, p.backbone.label, decoder, str(p.num_classes), p.published_result or "-",
+                          params, p.original_config)
+        table.add_section()
+    console().print(table)
     return EXIT_OK
 
 
 def cmd_init_checkpoint(args: argparse.Namespace) -> int:
-    from torch_reference.presets import get_preset
-    from torch_reference.seeded_init import write_seeded_checkpoint
+    from mfport.core.errors import require_torch
+    from mfport.core.presets import get_preset
 
-    try:
-        preset = get_preset(args.preset)
-    except KeyError as err:
-        raise UserError(f"--preset: {err.args[0]}") from None
+    require_torch("mfport init-checkpoint (the seeded weights are calibrated on the PyTorch reference)")
+    from mfport.torch_reference.seeded_init import write_seeded_checkpoint
+
+    preset = get_preset(args.preset)
     out = Path(args.output)
     if out.exists() and not args.force:
         raise UserError(f"{out}: exists; pass --force to overwrite")
-    console = _console()
-    with console.status(f"seeding {preset.name} (seed {args.seed}) and calibrating its frozen BN statistics"):
-        state = write_seeded_checkpoint(preset, args.seed, out)
-    console.print(f"wrote {out} ({len(state)} tensors, {out.stat().st_size / 2**20:.1f} MiB, "
-                  f"sha256 {hashlib.sha256(out.read_bytes()).hexdigest()[:16]})")
+    out_console = console()
+    with out_console.status(f"seeding {preset.name} (seed {args.seed}, {args.attention} attention)"):
+        state = write_seeded_checkpoint(preset, args.seed, out, attention=args.attention)
+    out_console.print(f"wrote {out} ({len(state)} tensors, {out.stat().st_size / 2**20:.1f} MiB, "
+                      f"sha256 {hashlib.sha256(out.read_bytes()).hexdigest()[:16]})")
     return EXIT_OK
-
-
-def inspect_checkpoint(path: str) -> dict[str, object]:
-    """A checkpoint's summary, as printed by `mfport inspect` (also its --json output)."""
-    import numpy as np
-
-    from converter.architecture import detect_architecture, detect_preset, parameter_count
-    from converter.checkpoint_io import read_checkpoint
-
-    checkpoint = read_checkpoint(path)
-    arch = detect_architecture(checkpoint.tensors)
-    preset = detect_preset(checkpoint.tensors)
-    dtypes = sorted({str(v.dtype) for v in checkpoint.tensors.values()})
-    params = parameter_count(checkpoint.tensors)
-    return {
-        "path": str(path),
-        "format": checkpoint.format,
-        "naming_era": arch.naming_era,
-        "detected_preset": preset.name if preset else None,
-        "architecture": {"backbone": f"R{arch.backbone_depth}" if arch.backbone_depth else "unknown",
-                         "pixel_decoder": arch.pixel_decoder,
-                         "encoder_layers": arch.pixel_decoder_enc_layers, "num_classes": arch.num_classes,
-                         "num_queries": arch.num_queries, "decoder_layers": arch.dec_layers},
-        "tensor_count": len(checkpoint.tensors),
-        "parameter_count": params,
-        "published_parameter_count_m": preset.published_params_m if preset else None,
-        "element_count": int(sum(v.size for v in checkpoint.tensors.values())),
-        "dtypes": dtypes,
-        "tensor_bytes": int(sum(v.nbytes for v in checkpoint.tensors.values())),
-        "file_bytes": checkpoint.file_size,
-        "metadata": {k: str(v) for k, v in checkpoint.metadata.items()
-                     if isinstance(v, (str, int, float, np.generic))},
-    }
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    info = inspect_checkpoint(args.checkpoint)
+    from mfport.core.inspect import inspect_checkpoint
+
+    info = inspect_checkpoint(args.checkpoint, dataset=args.dataset, class_names=args.class_names)
     if args.json:
-        print(json.dumps(info, indent=2))
+        print(json.dumps(info.to_dict(), indent=2))
         return EXIT_OK
-    arch = info["architecture"]
-    table = Table(title=f"{info['path']}", show_header=False)
+    table = Table(title=str(info.path), show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")
-    published = info["published_parameter_count_m"]
-    rows = [
-        ("format", info["format"]),
-        ("naming era", info["naming_era"]),
-        ("detected preset", info["detected_preset"] or "none (architecture matches no preset)"),
-        ("architecture", f"{arch['backbone']}, {arch['pixel_decoder']} pixel decoder "
-                         f"({arch['encoder_layers']} enc layers), {arch['num_classes']} classes, "
-                         f"{arch['num_queries']} queries, {arch['decoder_layers']} decoder layers"),
-        ("tensors", str(info["tensor_count"])),
-        ("parameters", f"{info['parameter_count']:,} ({info['parameter_count'] / 1e6:.2f}M"
-                       + (f"; published {published:.2f}M)" if published else ")")),
-        ("elements (incl. frozen-BN buffers)", f"{info['element_count']:,}"),
-        ("dtype", ", ".join(info["dtypes"])),
-        ("size", f"{info['file_bytes'] / 2**20:.1f} MiB file, {info['tensor_bytes'] / 2**20:.1f} MiB tensors"),
-    ]
-    rows += [(f"metadata: {k}", v) for k, v in info["metadata"].items()]
-    for row in rows:
+    for row in info.rows():
         table.add_row(*row)
-    _console().print(table)
+    out = console()
+    out.print(table)
+    if info.nonfinite:
+        bad = Table(title="non-finite values (convert refuses these without --allow-nonfinite)")
+        bad.add_column("tensor")
+        bad.add_column("NaN/inf count", justify="right")
+        for key, count in info.nonfinite.items():
+            bad.add_row(key, str(count))
+        out.print(bad)
     return EXIT_OK
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from rich.progress import Progress
-
-    from converter.convert import convert_to_tf, convert_to_torch
+    from mfport.converter.convert import convert_to_tf, convert_to_torch
+    from mfport.core.architecture import labels_for
 
     if args.to == "torch":
-        state = convert_to_torch(args.source, args.output, force=args.force)
-        summary = {"output": args.output, "direction": "tf->torch", "tensors": len(state)}
-        print(json.dumps(summary) if args.json else f"wrote {args.output} ({len(state)} tensors, original naming)")
+        state = convert_to_torch(args.source, args.output, force=args.force, naming=args.naming)
+        summary = {"output": args.output, "direction": "tf->torch", "tensors": len(state), "naming": args.naming}
+        print(json.dumps(summary) if args.json else f"wrote {args.output} ({len(state)} tensors, {args.naming} naming)")
         return EXIT_OK
-    steps = ["read", "build", "map", "write"]
-    with Progress(disable=args.json, transient=True) as progress:
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    steps = ["read", "build", "map", "write", "saved model"]
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  disable=args.json or not sys.stdout.isatty(), transient=True) as progress:
         task = progress.add_task(f"converting {args.source}", total=len(steps))
 
         def advance(step: str) -> None:
             progress.update(task, completed=steps.index(step), description=f"{step}: {args.source}")
 
-        result = convert_to_tf(args.source, args.output, preset=args.preset, formats=args.format or ["tf-checkpoint"],
-                               saved_model=args.saved_model, keep_dtype=args.keep_dtype, force=args.force,
-                               progress=advance)
-        progress.update(task, completed=len(steps))
-    summary = {"output": result.output, "preset": result.preset, "source_format": result.source_format,
-               "naming": result.naming_era, "tensors": result.tensors, "tensor_bytes": result.tensor_bytes,
-               "cast_to_float32": result.cast_to_float32,
+        with quiet_tensorflow():
+            result = convert_to_tf(args.source, args.output, preset=args.preset, formats=args.format or
+                                   ["tf-checkpoint"], saved_model=args.saved_model, keep_dtype=args.keep_dtype,
+                                   force=args.force, allow_nonfinite=args.allow_nonfinite,
+                                   labels=labels_for(args.dataset, args.class_names), progress=advance)
+    summary = {"output": result.output, "preset": result.preset.name, "architecture": result.preset.architecture_label,
+               "source_format": result.source_format, "naming": result.naming_era, "tensors": result.tensors,
+               "tensor_bytes": result.tensor_bytes, "cast_to_float32": result.cast_to_float32,
+               "removed_stale_partials": result.removed_partials, "dropped": result.dropped,
                "timings_s": {k: round(v, 4) for k, v in result.timings_s.items()}}
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -169,13 +144,30 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class quiet_tensorflow:
+    """TensorFlow's Python warnings off (a checkpoint write logs one "non-serializable objects" line per Keras
+    object it cannot describe, eight per conversion) while a command's own output is what matters."""
+
+    def __enter__(self) -> None:
+        import logging
+
+        self.loggers = [logging.getLogger(name) for name in ("tensorflow", "absl")]
+        self.levels = [logger.level for logger in self.loggers]
+        for logger in self.loggers:
+            logger.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc: object) -> None:
+        for logger, level in zip(self.loggers, self.levels, strict=True):
+            logger.setLevel(level)
+
+
 def _print_conversion_table(result: object) -> None:
     from collections import Counter
 
     from rich.table import Table
 
     table = Table(title=f"{result.output}: {result.tensors} tensors from {result.source_format} "
-                        f"({result.naming_era}) as preset {result.preset}")
+                        f"({result.naming_era}) as {result.preset.name} ({result.preset.architecture_label})")
     for column in ("family", "tensors", "TF variables", "transforms"):
         table.add_column(column)
     by_family: dict[str, list] = {}
@@ -185,36 +177,43 @@ def _print_conversion_table(result: object) -> None:
         transforms = Counter(r.transform for r in records)
         table.add_row(family, str(len(records)), str(sum(len(r.tf_variables) for r in records)),
                       ", ".join(f"{name} x{count}" for name, count in transforms.most_common()))
-    _console().print(table)
+    out = console()
+    out.print(table)
     notes = ["every source tensor consumed once, every TF variable assigned once"]
     if result.cast_to_float32:
         notes.append("half-precision source cast to float32 (--keep-dtype keeps it)")
-    _console().print("; ".join(notes) + ". " + ", ".join(f"{k} {v:.2f}s" for k, v in result.timings_s.items()))
+    if result.dropped:
+        notes.append(f"dropped {len(result.dropped)} source tensor(s) with no counterpart "
+                     f"({', '.join(sorted({k.rsplit('.', 1)[0] for k in result.dropped})[:2])}, ...)")
+    if result.removed_partials:
+        notes.append(f"removed {len(result.removed_partials)} stale partial output(s) of killed conversions")
+    out.print("; ".join(notes) + ". " + ", ".join(f"{k} {v:.2f}s" for k, v in result.timings_s.items()))
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from tf_maskformer.serving.predict import predict_images
+    from mfport.tf_maskformer.serving.predict import predict_images
 
     predictions = predict_images(args.model, args.images, args.output,
                                  object_mask_threshold=args.object_mask_threshold,
-                                 overlap_threshold=args.overlap_threshold)
+                                 overlap_threshold=args.overlap_threshold, resize=not args.no_resize,
+                                 min_size=args.min_size, max_size=args.max_size)
     table = Table(title=f"predictions in {args.output}")
-    for column in ("image", "semantic classes", "panoptic segments", "files"):
+    for column in ("image", "network input", "semantic classes", "panoptic segments", "files"):
         table.add_column(column)
     for p in predictions:
-        table.add_row(p.image, str(len(set(p.semantic_map.ravel().tolist()))), str(len(p.segments)),
-                      ", ".join(p.outputs))
-    _console().print(table)
+        table.add_row(p.image, "x".join(map(str, p.network_size)), str(len(set(p.semantic_map.ravel().tolist()))),
+                      str(len(p.segments)), ", ".join(p.outputs))
+    console().print(table)
     return EXIT_OK
 
 
 def cmd_sample_images(args: argparse.Namespace) -> int:
     from PIL import Image
 
-    from converter.checkpoint_io import atomic_write
-    from torch_reference.synthetic_images import synthetic_images
+    from mfport.core.checkpoint_io import atomic_write
+    from mfport.core.synthetic_images import synthetic_images
 
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -227,95 +226,25 @@ def cmd_sample_images(args: argparse.Namespace) -> int:
 
 
 def cmd_parity(args: argparse.Namespace) -> int:
-    import numpy as np
-    from rich.table import Table
+    from mfport.core.errors import require_torch
 
-    from converter.convert import tf_model_from_checkpoint
-    from parity.harness import run_parity
-    from parity.metrics import PROFILES
-    from parity.report import write_reports
-    from torch_reference.loading import load_maskformer
-    from torch_reference.synthetic_images import synthetic_images
+    require_torch("mfport parity (it runs the PyTorch reference)")
+    from mfport.parity.run import ParityOptions, run_parity_command
 
-    if args.images:
-        from tf_maskformer.serving.predict import read_image
-
-        loaded = [read_image(p) for p in args.images]
-        if len({im.shape for im in loaded}) != 1:
-            raise UserError("--images: all images must have the same size (one batch)")
-        images, source = np.stack(loaded), [str(p) for p in args.images]
-    else:
-        images, source = synthetic_images(args.seed, args.batch, *args.image_size), f"synthetic seed {args.seed}"
-    profile = PROFILES[args.profile]
-    torch_model, _ = load_maskformer(args.checkpoint, args.preset)
-    tf_model, _ = tf_model_from_checkpoint(args.checkpoint, torch_model.preset, policy=profile.policy)
-    modes = ("cumulative", "isolated") if args.mode == "both" else (args.mode,)
-    result = run_parity(torch_model, tf_model, images, profile, modes)
-    if not profile.training and not args.no_gradients:
-        _console().print(f"profile {profile.name}: matcher, loss and gradient parity run in the fp32 profile only")
-    elif not args.no_gradients:
-        from parity.training import run_training_parity
-
-        result.training = run_training_parity(torch_model, tf_model, images, seed=args.seed,
-                                              float64_reference=args.float64_gradients)
-        result.passed = result.passed and result.training["passed"]
-    meta = {"checkpoint": str(args.checkpoint), "images": source, "seed": args.seed,
-            "bounds": {"cumulative": profile.cumulative_rel_max, "isolated": profile.isolated_rel_max}}
-    report_dir = Path(args.report_dir or f"reports/parity_{result.preset}")
-    paths = write_reports(result, report_dir, meta)
+    options = ParityOptions(
+        checkpoint=args.checkpoint, preset=args.preset, dataset=args.dataset, class_names=args.class_names,
+        image_size=tuple(args.image_size), batch=args.batch, seed=args.seed, images=args.images, mode=args.mode,
+        profile=args.profile, report_dir=args.report_dir, gradients=not args.no_gradients, float64=args.float64,
+        float64_gradients=args.float64_gradients)
+    result, paths = run_parity_command(options, console())
     if args.json:
         print(json.dumps({"passed": result.passed, "first_divergence": result.first_divergence,
                           "reports": {k: str(v) for k, v in paths.items()}}))
-    else:
-        table = Table(title=f"parity {result.preset} {list(images.shape)} ({args.profile}): "
-                            f"{'PASS' if result.passed else 'FAIL'}, first divergence {result.first_divergence}")
-        for column in ("tap", "cumulative max|Δ|/max|ref|", "isolated", "cosine"):
-            table.add_column(column)
-        for row in result.rows:
-            cell = {}
-            for mode in ("cumulative", "isolated"):
-                m = row.get(mode) or {}
-                cell[mode] = (f"{m['rel_max_error']:.2e} {'ok' if m['verdict'] == 'pass' else 'FAIL'}"
-                              if "rel_max_error" in m else m.get("verdict", "-"))
-                if "reference_bf16_rel_max_error" in m:  # the reference's own bfloat16 error, for context
-                    cell[mode] += f" (PyTorch bf16 {m['reference_bf16_rel_max_error']:.1e})"
-            table.add_row(row["tap"], cell["cumulative"], cell["isolated"],
-                          f"{(row.get('cumulative') or {}).get('cosine', float('nan')):.9f}")
-        _console().print(table)
-        if result.training:
-            from parity.training import float64_summary, thread_count_context
-
-            training = result.training
-            worst = min(training["gradients"], key=lambda r: 2.0 if r["analytically_zero"] else r["cosine"])
-            _console().print(
-                f"matcher: {sum(r['identical'] for r in training['matcher'])}/{len(training['matcher'])} layers "
-                f"identical (scipy), {sum(r['in_graph_identical'] for r in training['matcher'])} (in-graph); "
-                f"losses: worst isolated rel. error "
-                f"{max(r['rel_error_isolated'] for r in training['losses']):.1e}, worst end-to-end "
-                f"{max(r['rel_error_cumulative'] for r in training['losses']):.1e}; gradients: "
-                f"{sum(r['verdict'] == 'pass' for r in training['gradients'])}/{len(training['gradients'])} pass, "
-                f"lowest cosine {worst['cosine']:.7f} ({worst['tf_variable']})")
-            context = thread_count_context(training["gradients"])
-            if context:
-                _console().print(f"gradients: {context}")
-            if training.get("float64_reference"):
-                f64 = float64_summary(training["gradients"])
-                _console().print(
-                    f"against a float64 backward: lowest cosine TF {f64['lowest_tf_cosine']:.7f}, PyTorch "
-                    f"{f64['lowest_reference_cosine']:.7f}; TF closer on {f64['tf_closer']}/{f64['tensors']} "
-                    f"tensors; of the {f64['failing']} below the bound, {f64['failing_with_reference_below_bound']}"
-                    " are tensors where PyTorch's own float32 gradient is below it against float64; loss terms "
-                    "end to end against float64: TF within "
-                    f"{max(r['tf_rel_error_vs_float64'] for r in training['losses']):.1e}, PyTorch within "
-                    f"{max(r['reference_rel_error_vs_float64'] for r in training['losses']):.1e}")
-        differing = [item["field"] for item in result.lint if not item["same"]]
-        _console().print(f"config lint: {'all same' if not differing else 'DIFFERENT: ' + ', '.join(differing)}; "
-                         f"reports: {', '.join(str(p) for p in paths.values())}")
     return EXIT_OK if result.passed else EXIT_INPUT_ERROR
 
 
 def cmd_synthetic_data(args: argparse.Namespace) -> int:
-    from tf_maskformer.dataloaders.synthetic_coco_panoptic import write_synthetic_coco_panoptic
+    from mfport.tf_maskformer.dataloaders.synthetic_coco_panoptic import write_synthetic_coco_panoptic
 
     for split, count, seed in (("train", args.train, args.seed), ("val", args.val, args.seed + 1)):
         if count:
@@ -325,22 +254,20 @@ def cmd_synthetic_data(args: argparse.Namespace) -> int:
 
 
 def cmd_make_tfrecords(args: argparse.Namespace) -> int:
-    from tf_maskformer.dataloaders.coco_panoptic_tfrecords import DatasetError, write_panoptic_tfrecords
+    from mfport.tf_maskformer.dataloaders.coco_panoptic_tfrecords import write_panoptic_tfrecords
 
-    try:
-        shards = write_panoptic_tfrecords(args.images, args.panoptic_json, args.panoptic_dir, args.output,
-                                          prefix=args.prefix, num_shards=args.shards, force=args.force,
-                                          progress=True)
-    except DatasetError as err:
-        raise UserError(str(err)) from None
+    shards = write_panoptic_tfrecords(args.images, args.panoptic_json, args.panoptic_dir, args.output,
+                                      prefix=args.prefix, num_shards=args.shards, force=args.force,
+                                      progress=sys.stdout.isatty())
     print(f"{len(shards)} shards: {shards[0].parent}/{args.prefix}-*.tfrecord (+ label_map.json)")
     return EXIT_OK
 
 
 def _training_params(args: argparse.Namespace) -> object:
-    from tf_maskformer import train
+    """The experiment with the convenience flags applied (each is a params override: params.yaml says it)."""
+    from mfport.tf_maskformer import train
 
-    overrides: dict = {"task": {}, "runtime": {}}
+    overrides: dict = {"task": {}, "runtime": {}, "trainer": {}}
     if getattr(args, "init_from", None):
         overrides["task"]["init_checkpoint"] = args.init_from
     if args.train_data:
@@ -348,45 +275,26 @@ def _training_params(args: argparse.Namespace) -> object:
     if args.val_data:
         overrides["task"]["validation_data"] = {"input_path": args.val_data}
     if getattr(args, "steps", None):
-        overrides["trainer"] = {"train_steps": args.steps}
+        overrides["trainer"]["train_steps"] = args.steps
     if getattr(args, "mixed_bfloat16", False):
         overrides["runtime"]["mixed_precision_dtype"] = "bfloat16"
-    try:
-        return train.build_params(args.experiment, args.config_file, args.params_override,
-                                  {k: v for k, v in overrides.items() if v})
-    except (ValueError, KeyError, AttributeError) as err:
-        raise UserError(str(err).splitlines()[0]) from None
-
-
-def _run_training(args: argparse.Namespace, mode: str) -> dict:
-    from tf_maskformer import train
-    from tf_maskformer.tasks.panoptic_maskformer import InitCheckpointError
-
-    params = _training_params(args)
-    for name, data in (("--train-data", params.task.train_data), ("--val-data", params.task.validation_data)):
-        needed = mode.startswith("train") if name == "--train-data" else mode != "train"
-        if needed and not _glob_matches(data.input_path):
-            raise UserError(f"{name}: no file matches {data.input_path!r}")
-    strategy = train.build_strategy(args.tpu, cpu_replicas=args.cpu_replicas)
-    try:
-        return train.run(params, args.model_dir, mode=mode, strategy=strategy)
-    except (InitCheckpointError, ValueError) as err:
-        if args.verbose:  # -v: the whole traceback, for errors that are not the user's
-            raise
-        raise UserError(str(err).splitlines()[0]) from None
-
-
-def _glob_matches(pattern: str) -> bool:
-    import glob
-
-    return any(glob.glob(p) for p in pattern.split(","))
+    if args.tpu:
+        overrides["runtime"].update({"distribution_strategy": "tpu", "tpu": args.tpu})
+    if args.cpu_replicas:
+        overrides["runtime"].update({"distribution_strategy": "mirrored", "num_gpus": 0,
+                                     "num_cpu_replicas": args.cpu_replicas})
+    return train.build_params(args.experiment, args.config_file, args.params_override,
+                              {k: v for k, v in overrides.items() if v})
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from tf_maskformer.train import plot_loss_curve
+    from mfport.tf_maskformer import train
 
-    logs = _run_training(args, "train_and_eval" if args.evaluate else "train")
+    params = _training_params(args)
+    logs = train.run(params, args.model_dir, mode="train_and_eval" if args.evaluate else "train")
     if args.loss_curve:
+        from mfport.tf_maskformer.summaries import plot_loss_curve
+
         png = plot_loss_curve(args.model_dir, args.loss_curve, f"fine-tune: {args.experiment}")
         print(f"loss curve: {png}")
     if logs:
@@ -397,7 +305,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    logs = _run_training(args, "eval")
+    from mfport.tf_maskformer import train
+
+    logs = train.run(_training_params(args), args.model_dir, mode="eval")
     if args.json:  # one line, the last: Orbit prints its own progress to stdout before it
         print(json.dumps(logs))
         return EXIT_OK
@@ -406,19 +316,29 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     table.add_column("value", justify="right")
     for key, value in sorted(logs.items()):
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
-    _console().print(table)
+    console().print(table)
     return EXIT_OK
+
+
+class UserError(Exception):
+    """A CLI-level mistake (not the library's), printed as one line with exit code 1."""
+
+
+def _add_label_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", help="class names of a released data set (e.g. cityscapes_19) for a checkpoint "
+                                     "whose architecture matches no preset, or to relabel one")
+    p.add_argument("--class-names", help="a JSON list of class names (or label_map.json) instead of --dataset")
 
 
 def _add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--experiment", default="maskformer_synthetic_smoke", help="a registered experiment")
     p.add_argument("--config_file", action="append", help="YAML overriding the experiment (repeatable)")
     p.add_argument("--params_override", help="e.g. 'task.train_data.global_batch_size=8,trainer.train_steps=100'")
-    p.add_argument("--model-dir", required=True, help="checkpoints and summaries (a rerun resumes from here)")
-    p.add_argument("--train-data", help="TFRecord glob (overrides task.train_data.input_path)")
-    p.add_argument("--val-data", help="TFRecord glob (overrides task.validation_data.input_path)")
-    p.add_argument("--tpu", help="TPU address: runs under TPUStrategy")
-    p.add_argument("--cpu-replicas", type=int, default=1, help="MirroredStrategy over N logical CPUs (checks)")
+    p.add_argument("--model-dir", required=True, help="checkpoints, summaries, params.yaml (a rerun resumes)")
+    p.add_argument("--train-data", help="TFRecord glob (task.train_data.input_path)")
+    p.add_argument("--val-data", help="TFRecord glob (task.validation_data.input_path)")
+    p.add_argument("--tpu", help="TPU address: runtime.distribution_strategy=tpu, runtime.tpu=ADDRESS")
+    p.add_argument("--cpu-replicas", type=int, help="MirroredStrategy over N logical CPUs (runtime.num_cpu_replicas)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -426,36 +346,42 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="on errors, print the full report")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("presets", help="list the named MaskFormer presets")
+    p = sub.add_parser("presets", help="list the released MaskFormer models mfport knows")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_presets)
 
     p = sub.add_parser("init-checkpoint", help="write a seeded original-format (model-zoo .pkl) checkpoint")
     p.add_argument("--preset", required=True)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--attention", choices=["default", "sharp"], default="default",
+                   help="sharp: q/k projections 3x a 1/sqrt(fan_in) scale, like some trained checkpoints")
     p.add_argument("-o", "--output", required=True, help="output .pkl path")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     p.set_defaults(func=cmd_init_checkpoint)
 
-    p = sub.add_parser("inspect", help="summarise a checkpoint (.pkl, .pth/.pt, .safetensors)")
+    p = sub.add_parser("inspect", help="summarise a checkpoint (.pkl, .pth/.pt, .safetensors, Hugging Face)")
     p.add_argument("checkpoint")
+    _add_label_flags(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("parity", help="compare the PyTorch reference and the converted TF model tap by tap")
     p.add_argument("checkpoint")
     p.add_argument("--preset")
+    _add_label_flags(p)
     p.add_argument("--image-size", type=int, nargs=2, default=[480, 640], metavar=("H", "W"))
     p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0, help="seed of the generated images")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated images and targets")
     p.add_argument("--images", nargs="+", help="PNG/JPEG files of one size instead of generated images")
     p.add_argument("--mode", choices=["cumulative", "isolated", "both"], default="both")
     p.add_argument("--profile", choices=["fp32", "bf16"], default="fp32",
                    help="tolerance profile; bf16 runs the TF model under mixed_bfloat16 (TPU-style)")
     p.add_argument("--report-dir", help="default reports/parity_<preset>")
     p.add_argument("--no-gradients", action="store_true", help="skip matcher, loss and gradient parity")
-    p.add_argument("--float64-gradients", action="store_true",
-                   help="also compare both float32 gradients with a float64 backward of the reference")
+    p.add_argument("--float64", action=argparse.BooleanOptionalAction, default=True,
+                   help="judge cumulative rows against a float64 run of the reference (default on)")
+    p.add_argument("--float64-gradients", action=argparse.BooleanOptionalAction, default=None,
+                   help="also backpropagate the float64 reference (default: with --float64)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_parity)
 
@@ -471,11 +397,15 @@ def build_parser() -> argparse.ArgumentParser:
                                   "with --to torch")
     p.add_argument("-o", "--output", required=True, help="output directory (or checkpoint file with --to torch)")
     p.add_argument("--to", choices=["tf", "torch"], default="tf")
+    p.add_argument("--naming", choices=["original", "huggingface"], default="original",
+                   help="with --to torch: the original's names, or transformers' MaskFormer names")
     p.add_argument("--preset", help="override the preset detected from the keys")
+    _add_label_flags(p)
     p.add_argument("--format", action="append", choices=["tf-checkpoint", "keras"],
                    help="output formats (repeatable; default tf-checkpoint)")
     p.add_argument("--saved-model", action="store_true", help="also export the serving SavedModel")
     p.add_argument("--keep-dtype", action="store_true", help="keep fp16/bf16 sources as they are")
+    p.add_argument("--allow-nonfinite", action="store_true", help="convert weights holding NaN/inf")
     p.add_argument("--force", action="store_true", help="replace an existing output")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_convert)
@@ -486,6 +416,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="out/predict")
     p.add_argument("--object-mask-threshold", type=float, help="override the preset's (panoptic)")
     p.add_argument("--overlap-threshold", type=float, help="override the preset's (panoptic)")
+    p.add_argument("--no-resize", action="store_true",
+                   help="run the network at the image's own size (default: the preset's shortest-edge resize)")
+    p.add_argument("--min-size", type=int, help="shortest edge the network sees (default: the preset's test size)")
+    p.add_argument("--max-size", type=int, help="longest edge limit (default: the preset's)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("synthetic-data", help="write a small synthetic data set in COCO panoptic format")
@@ -522,14 +456,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def error_line(err: Exception) -> str:
+    """The one line a user sees: a library error's parameter shown as the flag that sets it."""
+    parameter = getattr(err, "parameter", None)
+    flag = FLAGS.get(parameter, parameter and f"--{parameter.replace('_', '-')}") if parameter else None
+    message = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return f"error: {flag}: {message}" if flag and not message.startswith(flag) else f"error: {message}"
+
+
 def main(argv: list[str] | None = None) -> int:
-    from converter.checkpoint_io import CheckpointError
+    from mfport.core.errors import MfportError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CheckpointError, UserError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (MfportError, UserError) as err:
+        print(error_line(err), file=sys.stderr)
         report = getattr(err, "report", None)
         if report and args.verbose:
             print(report, file=sys.stderr)

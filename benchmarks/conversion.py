@@ -33,7 +33,7 @@ _BASELINE = """
 import json, time
 t = time.perf_counter()
 import tensorflow as tf
-from tf_maskformer.modeling.factory import build_maskformer
+from mfport.tf_maskformer.modeling.factory import build_maskformer
 imported = time.perf_counter()
 build_maskformer({preset!r})
 built = time.perf_counter()
@@ -45,7 +45,7 @@ print(json.dumps({{"import_s": imported - t, "build_s": built - imported,
 # checkpoint writer re-saving the converted variables.
 _CONVERT = """
 import json, os, time
-from converter.convert import convert_to_tf, load_tf_model
+from mfport.converter.convert import convert_to_tf, load_tf_model
 os.sync()  # no dirty pages of an earlier run throttle this one's writes
 result = convert_to_tf({checkpoint!r}, {output!r})
 peak = {peak_rss}
@@ -61,7 +61,7 @@ print(json.dumps({{"timings_s": result.timings_s, "tensor_bytes": result.tensor_
 
 _REPEATED = """
 import json, os, shutil
-from converter.convert import convert_to_tf
+from mfport.converter.convert import convert_to_tf
 runs = []
 for i in range({count}):
     shutil.rmtree({output!r}, ignore_errors=True)
@@ -82,8 +82,8 @@ def _data_seconds(timings: dict[str, float]) -> float:
 
 
 def run(preset_name: str, repeats: int) -> dict[str, object]:
-    from torch_reference.presets import get_preset
-    from torch_reference.seeded_init import write_seeded_checkpoint
+    from mfport.core.presets import get_preset
+    from mfport.torch_reference.seeded_init import write_seeded_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = Path(tmp) / "seeded.pkl"

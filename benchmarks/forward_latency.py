@@ -20,11 +20,11 @@ def run(preset_name: str, height: int, width: int, batch: int, threads: int, rep
     import tensorflow as tf
     import torch
 
-    from converter.convert import convert_to_tf, load_tf_model
-    from torch_reference.loading import load_maskformer
-    from torch_reference.presets import get_preset
-    from torch_reference.seeded_init import write_seeded_checkpoint
-    from torch_reference.synthetic_images import synthetic_images
+    from mfport.converter.convert import convert_to_tf, load_tf_model
+    from mfport.core.presets import get_preset
+    from mfport.core.synthetic_images import synthetic_images
+    from mfport.torch_reference.loading import load_maskformer
+    from mfport.torch_reference.seeded_init import write_seeded_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = Path(tmp) / "seeded.pkl"

@@ -24,7 +24,7 @@ def run(batch: int, queries: int, threads: int, repeats: int) -> dict[str, objec
     from official.projects.detr.ops.matchers import hungarian_matching
     from scipy.optimize import linear_sum_assignment
 
-    from tf_maskformer.losses.hungarian import hungarian_assignment
+    from mfport.tf_maskformer.losses.hungarian import hungarian_assignment
 
     ours = tf.function(hungarian_assignment, jit_compile=True)
     detr = tf.function(hungarian_matching)

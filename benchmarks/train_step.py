@@ -24,14 +24,14 @@ def run(preset_name: str, height: int, width: int, batch: int, threads: int, rep
     import tensorflow as tf
     import torch
 
-    from converter.convert import convert_to_tf
-    from parity.training import synthetic_targets
-    from tf_maskformer.tasks.panoptic_maskformer import PanopticMaskFormerTask
-    from tf_maskformer.train import build_params
-    from torch_reference.loading import load_maskformer
-    from torch_reference.presets import get_preset
-    from torch_reference.seeded_init import write_seeded_checkpoint
-    from torch_reference.synthetic_images import synthetic_images
+    from mfport.converter.convert import convert_to_tf
+    from mfport.core.presets import get_preset
+    from mfport.core.synthetic_images import synthetic_images
+    from mfport.parity.training import synthetic_targets
+    from mfport.tf_maskformer.tasks.panoptic_maskformer import PanopticMaskFormerTask
+    from mfport.tf_maskformer.train import build_params
+    from mfport.torch_reference.loading import load_maskformer
+    from mfport.torch_reference.seeded_init import write_seeded_checkpoint
 
     slots = 8
     with tempfile.TemporaryDirectory() as tmp:

@@ -7,7 +7,6 @@ and mis-shaped key (with the closest name).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import re
 import zlib
@@ -15,40 +14,32 @@ from collections.abc import Callable
 
 import numpy as np
 
-from converter.checkpoint_io import CheckpointError
-from converter.mappings import DERIVED, FAMILIES
-from converter.naming import KeyMismatch, compare_keys
-from converter.rules import Rule
-from torch_reference.presets import MaskFormerPreset
+from mfport.converter.mappings import DERIVED, FAMILIES
+from mfport.converter.rules import Derived, Rule
+from mfport.core.errors import CheckpointError
+from mfport.core.model_dir import TensorRecord
+from mfport.core.naming import KeyMismatch, compare_keys
+from mfport.core.patterns import pattern_regex
+from mfport.core.presets import MaskFormerPreset
 
 
 class ConversionError(CheckpointError):
     """Accounting failed; str() is one line, `.report` names every key."""
 
     def __init__(self, message: str, report: str, mismatch: KeyMismatch | None = None) -> None:
-        super().__init__(message)
-        self.report = report
+        super().__init__(message, report=report)
         self.mismatch = mismatch
-
-
-@dataclasses.dataclass
-class TensorRecord:
-    """One source tensor's journey, as written to manifest.json."""
-
-    source_key: str
-    family: str
-    tf_variables: list[str]
-    transform: str
-    source_shape: list[int]
-    tf_shapes: list[list[int]]
-    source_dtype: str
-    crc32: str  # of the source tensor's bytes as converted (float32 unless the dtype was kept)
 
 
 @functools.cache
 def _compiled() -> list[tuple[str, Rule, re.Pattern[str], list[re.Pattern[str]]]]:
     return [(family, rule, rule.source_regex, rule.target_regexes())
             for family, rules in FAMILIES.items() for rule in rules]
+
+
+def match_derived(key: str) -> Derived | None:
+    """The Derived entry of a source key with no TF variable, if it is one."""
+    return next((d for d in DERIVED if pattern_regex(d.source).match(key)), None)
 
 
 def match_source(key: str) -> tuple[str, Rule, dict[str, str]] | None:
@@ -124,15 +115,18 @@ def torch_to_tf(state: dict[str, np.ndarray], tf_shapes: dict[str, tuple[int, ..
             rejected = True  # named, with its expected shape or closest name, by the report below
             continue
         family, rule, targets, converted = mapped
-        if key in DERIVED:
-            expected = DERIVED[key](preset)
-            if expected.shape != data.shape:  # another class count: reported with the other keys
+        derived = match_derived(key)
+        if derived is not None:
+            expected = derived.value(preset)
+            if expected.shape != data.shape:  # another class count or window: reported with the other keys
                 rejected = True
                 continue
-            # 1 % relative: bfloat16/float16 round 0.1 (to 0.10009 / 0.09998); another weight (0.2) still fails.
-            if not np.allclose(expected, np.asarray(data, np.float32), rtol=1e-2, atol=0):
-                raise ConversionError(f"{source}: '{key}' is {data.tolist()[-3:]} at its end, but preset "
-                                      f"'{preset.name}' has no_object_weight {preset.no_object_weight}",
+            actual = np.asarray(data, np.float64)
+            same = (np.array_equal(expected, actual) if derived.rtol == 0
+                    else np.allclose(expected, actual, rtol=derived.rtol, atol=0))
+            if not same:
+                raise ConversionError(f"{source}: '{key}' is not {derived.setting(preset)} of preset '{preset.name}' "
+                                      "(the file's architecture differs, or the tensor is corrupted)",
                                       f"{key}: values differ from the preset's")
         for target, value in zip(targets, converted, strict=True):
             if target in assigned:
@@ -191,5 +185,6 @@ def tf_to_torch(values: dict[str, np.ndarray], preset: MaskFormerPreset) -> dict
             raise ConversionError(f"'{source}' needs {len(rule.targets)} TF variables, found {len(parts)}",
                                   f"{source}: targets {rule.targets}")
         state[source] = rule.transform.backward([parts[i] for i in range(len(rule.targets))], ())
-    state.update({key: derive(preset) for key, derive in DERIVED.items()})
+    for derived in DERIVED:
+        state.update({key: derived.value(preset) for key in derived.keys(preset)})
     return state

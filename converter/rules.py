@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from mfport.core.patterns import PLACEHOLDER, pattern_fields, pattern_regex
+
 Forward = Callable[[np.ndarray, list[tuple[int, ...]]], list[np.ndarray]]
 Backward = Callable[[list[np.ndarray], tuple[int, ...]], np.ndarray]
 
@@ -65,7 +67,17 @@ NOT_A_VARIABLE = Transform("not_a_variable", lambda value, shapes: [], lambda va
                            "no TF variable: derived from the preset (checked against it on the way in)")
 
 
-_PLACEHOLDER = re.compile(r"\{(\w+):([^{}]+)\}")
+@dataclasses.dataclass(frozen=True)
+class Derived:
+    """A source tensor with no TF variable (its rule's transform is NOT_A_VARIABLE): its value follows from the
+    preset. On the way in a checkpoint's value is checked against it (bit for bit, or to `rtol` for a float
+    setting a half-precision file rounds); on the way back it is regenerated."""
+
+    source: str  # a key pattern, as a Rule's
+    value: Callable[[object], np.ndarray]  # preset -> the expected value
+    keys: Callable[[object], list[str]]  # preset -> every source key it has
+    setting: Callable[[object], str]  # preset -> what the value follows from, for the error message
+    rtol: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,33 +90,19 @@ class Rule:
 
     @property
     def source_regex(self) -> re.Pattern[str]:
-        parts, last = [], 0
-        for match in _PLACEHOLDER.finditer(self.source):
-            parts.append(re.escape(self.source[last:match.start()]))
-            parts.append(f"(?P<{match.group(1)}>{match.group(2)})")
-            last = match.end()
-        parts.append(re.escape(self.source[last:]))
-        return re.compile("".join(parts) + r"\Z")
+        return pattern_regex(self.source)
 
     def target_regexes(self) -> list[re.Pattern[str]]:
         """Targets as regexes: fields match anything with "/" where the source had "."."""
-        regexes = []
-        fields = dict(_PLACEHOLDER.findall(self.source))
-        for template in self.targets:
-            parts, last = [], 0
-            for match in re.finditer(r"\{(\w+)\}", template):
-                parts.append(re.escape(template[last:match.start()]))
-                parts.append(f"(?P<{match.group(1)}>{fields[match.group(1)].replace(chr(92) + '.', '/')})")
-                last = match.end()
-            parts.append(re.escape(template[last:]))
-            regexes.append(re.compile("".join(parts) + r"\Z"))
-        return regexes
+        fields = {name: regex.replace(chr(92) + ".", "/") for name, regex in pattern_fields(self.source).items()}
+        return [pattern_regex(re.sub(r"\{(\w+)\}", lambda m: "{" + m.group(1) + ":" + fields[m.group(1)] + "}",
+                                     template)) for template in self.targets]
 
     def target_names(self, fields: dict[str, str]) -> list[str]:
         return [t.format(**{k: v.replace(".", "/") for k, v in fields.items()}) for t in self.targets]
 
     def source_name(self, fields: dict[str, str]) -> str:
-        return _PLACEHOLDER.sub(lambda m: fields[m.group(1)].replace("/", "."), self.source)
+        return PLACEHOLDER.sub(lambda m: fields[m.group(1)].replace("/", "."), self.source)
 
 
 def conv(source_prefix: str, target_prefix: str, bias: bool = False) -> tuple[Rule, ...]:

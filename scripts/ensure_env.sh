@@ -27,3 +27,4 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$wanted" ]; then
   echo "$wanted" >"$stamp"
 fi
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-3}
+export TF_USE_LEGACY_KERAS=${TF_USE_LEGACY_KERAS:-1}

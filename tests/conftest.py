@@ -1,10 +1,21 @@
-"""Shared fixtures: seeded original-format checkpoints, written once per test session."""
+"""Shared fixtures: seeded original-format checkpoints, converted model directories and models, written or
+built once per test session; the CLI run in-process; the tiny architecture the training tests use.
+
+Markers (pyproject.toml): `slow` (left out of `scripts/test.sh --fast`), `numerics` (outcomes that depend on
+float32 rounding; scripts/test.sh runs them a second time under other CPU kernels).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import io
 import os
 import sys
 from pathlib import Path
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # as the mfport command: tf.keras is tf_keras
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import pytest
 import torch
@@ -12,28 +23,135 @@ import torch
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"
+REFERENCE_KEYS = DATA / "reference_keys"
+
+
+def tiny_preset(num_classes: int = 133, dataset: str | None = "coco_panoptic_133") -> object:
+    """A custom architecture of released-model shape but toy size (Swin C=16, one block per stage, 32-wide heads,
+    two decoder layers, 10 queries): what the trainer, driver and multi-worker tests fine-tune, where the
+    mechanics matter and an R50's XLA compilation (~70 s here) would not add to them."""
+    from mfport.core.labels import LabelSet, get_label_set
+    from mfport.core.presets import MaskFormerPreset, SwinSpec
+
+    labels = get_label_set(dataset) if dataset else LabelSet.generic(num_classes)
+    return MaskFormerPreset(
+        name="custom", description="test: tiny Swin", original_config="", labels=labels, num_classes=len(labels),
+        backbone=SwinSpec(16, (1, 1, 1, 1), (1, 2, 4, 8), window_size=4, drop_path_rate=0.1),
+        pixel_decoder="base", conv_dim=32, mask_dim=32, hidden_dim=32, nheads=8, dim_feedforward=64, dec_layers=2,
+        num_queries=10, size_divisibility=32, panoptic_on=True, object_mask_threshold=0.8, overlap_threshold=0.8)
+
+
+@dataclasses.dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: str) -> CliResult:
+    """The mfport command in this process (its output captured): no interpreter and TF start-up per call."""
+    from mfport.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exit_:  # argparse usage errors
+            code = exit_.code if isinstance(exit_.code, int) else 1
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+def mfport_command() -> list[str]:
+    """The installed console script (for the tests that need a process of their own)."""
+    script = Path(sys.executable).parent / "mfport"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "mfport"]
+
+
+def one_line_error(result: CliResult, *needles: str) -> str:
+    assert result.returncode == 1, (result.returncode, result.stderr[-3000:])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
 
 
 @pytest.fixture(scope="session")
 def seeded_checkpoint(tmp_path_factory: pytest.TempPathFactory):
-    """seeded_checkpoint(preset_name, seed=0) -> path of a released-naming model-zoo .pkl."""
-    from torch_reference.presets import get_preset
-    from torch_reference.seeded_init import write_seeded_checkpoint
+    """seeded_checkpoint(preset or name, seed=0, attention="default") -> path of a released-naming .pkl."""
+    from mfport.core.presets import get_preset
+    from mfport.torch_reference.seeded_init import write_seeded_checkpoint
 
-    cache: dict[tuple[str, int], Path] = {}
+    cache: dict[tuple, Path] = {}
     root = tmp_path_factory.mktemp("seeded")
 
-    def make(preset_name: str, seed: int = 0) -> Path:
-        if (preset_name, seed) not in cache:
-            path = root / f"{preset_name}_seed{seed}.pkl"
-            write_seeded_checkpoint(get_preset(preset_name), seed, path)
-            cache[(preset_name, seed)] = path
-        return cache[(preset_name, seed)]
+    def make(preset: object, seed: int = 0, attention: str = "default") -> Path:
+        preset = get_preset(preset) if isinstance(preset, str) else preset
+        key = (preset, seed, attention)
+        if key not in cache:
+            path = root / f"{preset.name}_{len(cache)}_seed{seed}_{attention}.pkl"
+            write_seeded_checkpoint(preset, seed, path, attention=attention)
+            cache[key] = path
+        return cache[key]
 
     return make
 
 
-def mfport_command() -> list[str]:
-    """The installed console script, or the module when running from a plain checkout."""
-    script = Path(sys.executable).parent / "mfport"
-    return [str(script)] if script.exists() else [sys.executable, str(REPO / "cli.py")]
+@pytest.fixture(scope="session")
+def converted_dir(seeded_checkpoint, tmp_path_factory: pytest.TempPathFactory):
+    """converted_dir(preset or name, seed=0, attention="default") -> a directory written by convert_to_tf."""
+    from mfport.converter.convert import convert_to_tf
+
+    cache: dict[Path, Path] = {}
+    root = tmp_path_factory.mktemp("converted")
+
+    def make(preset: object, seed: int = 0, attention: str = "default") -> Path:
+        source = seeded_checkpoint(preset, seed, attention)
+        if source not in cache:
+            cache[source] = root / source.stem
+            convert_to_tf(source, cache[source])
+        return cache[source]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def models(seeded_checkpoint):
+    """models(preset or name, seed=0, attention="default") -> (PyTorch reference, converted TF model), built once
+    per session. Tests that change a model restore it (see `changed`)."""
+    from mfport.converter.convert import tf_model_from_checkpoint
+    from mfport.torch_reference.loading import load_maskformer
+
+    cache: dict[Path, tuple] = {}
+
+    def make(preset: object, seed: int = 0, attention: str = "default") -> tuple:
+        source = seeded_checkpoint(preset, seed, attention)
+        if source not in cache:
+            torch_model, _ = load_maskformer(source)
+            tf_model, _ = tf_model_from_checkpoint(source, torch_model.preset)
+            cache[source] = (torch_model, tf_model)
+        return cache[source]
+
+    return make
+
+
+@contextlib.contextmanager
+def changed(obj: object, attribute: str, value: object):
+    """Set an attribute (a layer's epsilon, a padding) for the duration of a block."""
+    before = getattr(obj, attribute)
+    setattr(obj, attribute, value)
+    try:
+        yield
+    finally:
+        setattr(obj, attribute, before)
+
+
+@contextlib.contextmanager
+def assigned(variable: object, value: object):
+    """Assign a TF variable for the duration of a block (an injected fault), then restore it."""
+    before = variable.numpy()
+    variable.assign(value)
+    try:
+        yield
+    finally:
+        variable.assign(before)

@@ -18,8 +18,8 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 
 from official.modeling import performance  # noqa: E402
 
-from tf_maskformer.tasks.panoptic_maskformer import PanopticMaskFormerTask  # noqa: E402
-from tf_maskformer.train import build_params  # noqa: E402
+from mfport.tf_maskformer.tasks.panoptic_maskformer import PanopticMaskFormerTask  # noqa: E402
+from mfport.tf_maskformer.train import build_params  # noqa: E402
 
 
 def one_step(strategy: tf.distribute.Strategy, params: object, batch: tuple, init: list[np.ndarray]

@@ -12,11 +12,11 @@ import torch
 from conftest import mfport_command
 from safetensors.numpy import save_file
 
-from converter.checkpoint_io import CheckpointError, read_checkpoint
-from converter.naming import to_live
-from torch_reference.loading import CheckpointMismatchError, load_maskformer
-from torch_reference.presets import PRESETS
-from torch_reference.synthetic_images import synthetic_images
+from mfport.core.checkpoint_io import CheckpointError, read_checkpoint
+from mfport.core.naming import to_live
+from mfport.core.presets import PRESETS
+from mfport.core.synthetic_images import synthetic_images
+from mfport.torch_reference.loading import CheckpointMismatchError, load_maskformer
 
 
 def _input() -> list[torch.Tensor]:
@@ -187,7 +187,7 @@ def test_torch_file_that_runs_a_command_never_runs(tmp_path):
 
 def test_numpy_1x_module_names_are_accepted(tmp_path):
     # A pickle written under numpy 1.x names numpy.core.multiarray._reconstruct; rewrite ours that way.
-    from converter.checkpoint_io import unpickle_mapped
+    from mfport.core.checkpoint_io import unpickle_mapped
 
     array = np.arange(6, dtype=np.float32).reshape(2, 3)
     data = pickle.dumps({"model": {"w": array}}, protocol=2)
@@ -207,7 +207,7 @@ def test_mapped_pickle_reads_what_pickle_load_reads(tmp_path, protocol):
     leaves the file as it was."""
     from collections import OrderedDict
 
-    from converter.checkpoint_io import unpickle_mapped
+    from mfport.core.checkpoint_io import unpickle_mapped
 
     rng = np.random.default_rng(protocol)
     large = rng.standard_normal((64, 300)).astype(np.float32)  # 76.8 KB: past the 64 KiB view threshold

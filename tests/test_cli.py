@@ -7,8 +7,8 @@ import subprocess
 
 from conftest import mfport_command
 
-from torch_reference.maskformer import MaskFormer
-from torch_reference.presets import PRESETS
+from mfport.core.presets import PRESETS
+from mfport.torch_reference.maskformer import MaskFormer
 
 
 def run(*args: str) -> subprocess.CompletedProcess:

@@ -7,9 +7,9 @@ import pytest
 import tensorflow as tf
 from scipy.optimize import linear_sum_assignment
 
-from tf_maskformer.losses.hungarian import hungarian_assignment
-from tf_maskformer.losses.maskformer_losses import MaskFormerLoss, pad_targets, scipy_assignment
-from torch_reference.presets import get_preset
+from mfport.core.presets import get_preset
+from mfport.tf_maskformer.losses.hungarian import hungarian_assignment
+from mfport.tf_maskformer.losses.maskformer_losses import MaskFormerLoss, pad_targets, scipy_assignment
 
 solve_xla = tf.function(hungarian_assignment, jit_compile=True)
 

@@ -16,9 +16,9 @@ from numpy_reference import (
     softmax,
 )
 
-from torch_reference.criterion import SetCriterion
-from torch_reference.matcher import HungarianMatcher
-from torch_reference.presets import PRESETS
+from mfport.core.presets import PRESETS
+from mfport.torch_reference.criterion import SetCriterion
+from mfport.torch_reference.matcher import HungarianMatcher
 
 
 def _random_case(rng: np.random.Generator, queries: int, targets: int, classes: int = 6,

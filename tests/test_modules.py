@@ -9,10 +9,10 @@ import pytest
 import torch
 from numpy_reference import bilinear_resize, sigmoid, softmax
 
-from torch_reference.backbone import FrozenBatchNorm2d
-from torch_reference.maskformer import MaskFormer, panoptic_inference, semantic_inference
-from torch_reference.position_encoding import PositionEmbeddingSine
-from torch_reference.presets import PRESETS
+from mfport.core.presets import PRESETS
+from mfport.torch_reference.backbone import FrozenBatchNorm2d
+from mfport.torch_reference.maskformer import MaskFormer, panoptic_inference, semantic_inference
+from mfport.torch_reference.position_encoding import PositionEmbeddingSine
 
 
 def test_frozen_bn_both_paths_equal_numpy():

@@ -1,193 +1,271 @@
-"""The forward parity suite: every tap of every preset within its bound, and the harness localises faults."""
+"""The parity harness: verdicts judged against float32's own accuracy (a float64 run of the reference), every
+family within them, real faults still caught at the right tap on weights that amplify float32 noise, reports.
+
+What the tests assert holds on any CPU: verdicts come from the band rule (TF's error against float64 within a
+factor of PyTorch's own float32 error there), not from one machine's figures; where a figure is asserted, its
+comment says where the margin comes from."""
 
 from __future__ import annotations
 
 import json
-import subprocess
 
 import numpy as np
 import pytest
-from conftest import mfport_command
-from tf_helpers import converted_tf_model
+from conftest import assigned, changed, run_cli
 
-from parity.harness import run_parity
-from torch_reference.loading import load_maskformer
-from torch_reference.presets import PRESETS
-from torch_reference.synthetic_images import synthetic_images
+import mfport.tf_maskformer.modeling.resize as resize
+from mfport.core.synthetic_images import synthetic_images
+from mfport.parity.harness import capture_reference, run_parity
+from mfport.parity.metrics import FLOAT32_BAND_FACTOR, rel_max_error
+from mfport.parity.results import Verdict
+
+pytestmark = pytest.mark.numerics
 
 
-def _all_rows_pass(result) -> None:
-    failures = [(row["tap"], mode, metrics.get("rel_max_error")) for row in result.rows
-                for mode, metrics in row.items() if mode in ("cumulative", "isolated") and metrics["verdict"] != "pass"]
+def _passes(result) -> None:
+    failures = [(row.tap, mode) for row in result.rows for mode in ("cumulative", "isolated")
+                if getattr(row, mode) is not None and not getattr(row, mode).verdict.ok]
     assert not failures, failures
-    assert result.passed and result.first_divergence is None
-    assert all(item["same"] for item in result.lint)
+    assert result.passed and result.first_divergence is None, result.first_divergence
+    assert all(item.same for item in result.lint)
 
 
-@pytest.mark.parametrize("preset_name", list(PRESETS))
-def test_every_preset_at_reduced_size(seeded_checkpoint, preset_name):
-    torch_model, _ = load_maskformer(seeded_checkpoint(preset_name))
-    tf_model = converted_tf_model(seeded_checkpoint(preset_name), preset_name)
-    result = run_parity(torch_model, tf_model, synthetic_images(2, 2, 259, 323))  # not divisible by 32
-    _all_rows_pass(result)
-    names = [row["tap"] for row in result.rows]
-    assert names[:5] == ["backbone/stem", "backbone/res2", "backbone/res3", "backbone/res4", "backbone/res5"]
-    assert ("pixel_decoder/encoder_layer_5" in names) == (PRESETS[preset_name].pixel_decoder == "transformer_encoder")
+def _band_rule_holds(result) -> None:
+    """Every cumulative verdict is the band rule applied to the row's own numbers (recomputed here)."""
+    for row in result.rows:
+        c = row.cumulative
+        if c is None or c.metrics is None:
+            continue
+        allowed = max(c.bound, FLOAT32_BAND_FACTOR * c.reference_vs_float64)
+        assert c.allowed == pytest.approx(allowed)
+        assert (c.verdict is Verdict.PASS) == (c.tf_vs_float64 <= allowed), row.tap
+
+
+@pytest.mark.parametrize(("preset_name", "size"), [
+    ("r50_6enc_coco_panoptic", (259, 323)),  # not divisible by 32, no padding (COCO)
+    ("r101c_ade20k", (160, 224)),  # DeepLab stem: its three convs are taps
+    ("swin_t_coco_panoptic", (123, 161)),  # unpadded COCO Swin: odd stage sizes, res5 4x6 < the 7x7 window
+    ("swin_b_ade20k", (96, 128)),  # window 12 over maps of 24x32 .. 3x4
+])
+def test_every_family_within_float32s_band(models, preset_name, size):
+    torch_model, tf_model = models(preset_name)
+    result = run_parity(torch_model, tf_model, synthetic_images(2, 2, *size))
+    _passes(result)
+    _band_rule_holds(result)
+    names = [row.tap for row in result.rows]
+    if preset_name == "r101c_ade20k":
+        assert names[:4] == ["backbone/stem/conv1", "backbone/stem/conv2", "backbone/stem/conv3", "backbone/stem"]
+    if preset_name.startswith("swin"):
+        spec = torch_model.preset.backbone
+        assert sum(n.startswith("backbone/layers/") and "/blocks/" in n for n in names) == sum(spec.depths)
+        block = result.row("backbone/layers/2/blocks/1")  # a shifted block, judged on its own in isolation
+        assert block.isolated is not None and block.isolated.verdict.ok
     assert sum(name.startswith("outputs/aux_") for name in names) == 10
-    logits = next(row for row in result.rows if row["tap"] == "outputs/pred_logits")["cumulative"]
-    assert logits["argmax_agreement"] == 1.0 and logits["cosine"] > 0.9999999
-    panoptic = [row["cumulative"] for row in result.rows if row["tap"].startswith("inference/panoptic_seg")]
-    assert len(panoptic) == 2 and all(p["segments_equal"] and p["pq_tf_vs_pytorch"] >= 0.999 for p in panoptic)
-    assert sum(p["segments"] for p in panoptic) > 0  # the low thresholds give segments to compare
+    logits = result.row("outputs/pred_logits").cumulative
+    assert logits.metrics.cosine > 0.99999
+    # The harness's float64 figures are what they say: the reference's own error recomputed by hand.
+    exact = result.row("outputs/pred_masks").cumulative
+    assert exact.reference_vs_float64 > 0 and exact.tf_vs_float64 > 0
+    assert result.semantic.verdict.ok and all(p.verdict.ok for p in result.panoptic)
 
 
-def test_full_size_batch_two(seeded_checkpoint):
-    torch_model, _ = load_maskformer(seeded_checkpoint("r50_6enc_coco_panoptic"))
-    tf_model = converted_tf_model(seeded_checkpoint("r50_6enc_coco_panoptic"), "r50_6enc_coco_panoptic")
-    _all_rows_pass(run_parity(torch_model, tf_model, synthetic_images(3, 2, 480, 640)))
+@pytest.fixture(scope="module")
+def sharp(models):
+    """R50 + 6 Enc with sharp attention (q/k 6/sqrt(fan_in)): the decoder amplifies float32 rounding ~100x."""
+    torch_model, tf_model = models("r50_6enc_coco_panoptic", attention="sharp")
+    images = synthetic_images(3, 2, 192, 256)
+    return torch_model, tf_model, images, capture_reference(torch_model, images)
 
 
-def test_bf16_profile_runs_tf_in_bfloat16_near_the_references_own_bf16_error_and_still_catches_a_fault(
-        seeded_checkpoint):
-    from converter.convert import tf_model_from_checkpoint
-
-    checkpoint = seeded_checkpoint("r50_6enc_coco_panoptic")
-    torch_model, _ = load_maskformer(checkpoint)
-    tf_model, _ = tf_model_from_checkpoint(checkpoint, "r50_6enc_coco_panoptic", policy="mixed_bfloat16")
-    assert tf_model.compute_dtype == "bfloat16" and tf_model.variables[0].dtype == "float32"
-    images = synthetic_images(2, 2, 259, 323)
-    result = run_parity(torch_model, tf_model, images, "bf16")
-    assert result.passed and result.profile == "bf16", result.first_divergence
-    judged = [row for row in result.rows if "rel_max_error" in (row.get("cumulative") or {})]
-    for row in judged:
-        cumulative = row["cumulative"]
-        # bfloat16 really ran (float32 parity is ~1e-5 here), and TF's error is of the order of PyTorch's
-        # own autocast-bfloat16 error at the same tap, computed here by running the reference that way.
-        assert cumulative["rel_max_error"] > 1e-3, row["tap"]
-        assert cumulative["rel_max_error"] <= 3 * cumulative["reference_bf16_rel_max_error"], row["tap"]
-        if row.get("isolated"):
-            assert row["isolated"]["rel_max_error"] <= 8 * 2.0**-8, row["tap"]
-    semantic = next(row for row in result.rows if row["tap"] == "inference/semantic_map")["cumulative"]
-    assert semantic["verdict"] == "reported" and 0 < semantic["reference_bf16_agreement"] <= 1
-
-    kernel = tf_model.backbone.stages[2].blocks[3].conv2.kernel  # res4 block 3: a 5 % error, above bf16 noise
-    kernel.assign(kernel * 1.05)
-    faulty = {row["tap"]: row for row in run_parity(torch_model, tf_model, images, "bf16", ("isolated",)).rows}
-    assert faulty["backbone/res4"]["isolated"]["verdict"] == "fail"
-    assert faulty["backbone/res3"]["isolated"]["verdict"] == "pass"
+def test_sharp_attention_is_no_false_alarm(sharp):
+    torch_model, tf_model, images, reference = sharp
+    result = run_parity(torch_model, tf_model, images, reference=reference)
+    _passes(result)
+    _band_rule_holds(result)
+    # The regime the issue reported: PyTorch's own float32 run is farther than the fixed bound (1e-4) from its
+    # float64 run (measured here 4.6e-4 to 1.6e-3 at 192x256 .. 480x640: a 4x margin), so the old verdict,
+    # TF against PyTorch's float32 run at 1e-4, fails although TF is as close to float64 as PyTorch.
+    worst_reference = max(r.cumulative.reference_vs_float64 for r in result.rows if r.cumulative)
+    assert worst_reference > 1e-4
+    assert any(r.cumulative.metrics.rel_max_error > r.cumulative.bound for r in result.rows if r.cumulative)
+    encoder = result.row("pixel_decoder/encoder_layer_0").cumulative
+    assert encoder.tf_amplification is not None and encoder.reference_amplification is not None
 
 
-def test_injected_fault_is_the_first_divergence_and_isolated_blames_it(seeded_checkpoint):
-    torch_model, _ = load_maskformer(seeded_checkpoint("r50_ade20k"))
-    tf_model = converted_tf_model(seeded_checkpoint("r50_ade20k"), "r50_ade20k")
+def _first_divergence_with(sharp, fault) -> object:
+    torch_model, tf_model, images, reference = sharp
+    with fault(tf_model):
+        return run_parity(torch_model, tf_model, images, reference=reference)
+
+
+def _layer_norm_epsilon(model):
+    # The LayerNorm after decoder layer 0's self-attention: its input (attention over a zero tgt) has a tiny
+    # variance, so eps 1e-6 instead of 1e-5 changes its output by ~1 %.
+    return changed(model.sem_seg_head.predictor.decoder_layers[0].norm1, "epsilon", 1e-6)
+
+
+def _transposed_kernel(model):
+    kernel = model.sem_seg_head.predictor.mask_embed.mlp_layers[0].kernel  # square: a missed transpose fits
+    return assigned(kernel, kernel.numpy().T)
+
+
+def _padding(model):
+    return changed(model.sem_seg_head.pixel_decoder.adapters[2], "torch_padding", 1)  # adapter_3: 1x1, pad 0
+
+
+def _nearest_off_by_one(model):
+    original = resize._torch_nearest_indices
+
+    def shifted(in_size, out_size):
+        import tensorflow as tf
+
+        return tf.minimum(original(in_size, out_size) + 1, tf.cast(in_size, tf.int32) - 1)
+
+    return changed(resize, "_torch_nearest_indices", shifted)
+
+
+@pytest.mark.parametrize(("fault", "tap"), [
+    (_layer_norm_epsilon, "predictor/decoder_layer_0"),
+    (_transposed_kernel, "predictor/mask_embed"),
+    (_padding, "pixel_decoder/layer_3"),
+    (_nearest_off_by_one, "pixel_decoder/layer_3"),
+])
+def test_real_faults_fail_at_their_tap_on_sharp_weights(sharp, fault, tap):
+    result = _first_divergence_with(sharp, fault)
+    assert not result.passed and result.first_divergence == tap
+    row = result.row(tap)
+    assert not row.verdict.ok
+    if row.cumulative.metrics is not None:  # the padding fault changes the shape: a failure by itself
+        assert row.cumulative.tf_vs_float64 > row.cumulative.allowed
+    # Blocks before it are untouched and pass.
+    before = [r for r in result.rows[: result.rows.index(row)] if r.cumulative]
+    assert all(r.cumulative.verdict.ok for r in before)
+
+
+def test_a_small_kernel_error_is_blamed_on_its_block_in_isolation(models):
+    torch_model, tf_model = models("r50_ade20k")
     kernel = tf_model.backbone.stages[2].blocks[3].conv2.kernel  # res4 block 3
-    kernel.assign(kernel * 1.001)
-    result = run_parity(torch_model, tf_model, synthetic_images(2, 1, 128, 160))
-    rows = {row["tap"]: row for row in result.rows}
+    with assigned(kernel, kernel.numpy() * 1.001):
+        result = run_parity(torch_model, tf_model, synthetic_images(2, 1, 128, 160))
+    rows = {row.tap: row for row in result.rows}
     assert not result.passed and result.first_divergence == "backbone/res4"
-    assert rows["backbone/res3"]["isolated"]["verdict"] == "pass"
-    assert rows["backbone/res4"]["isolated"]["verdict"] == "fail"
-    assert rows["backbone/res5"]["isolated"]["verdict"] == "pass"  # res5 itself is fine, only fed bad input
+    assert rows["backbone/res3"].isolated.verdict.ok
+    assert not rows["backbone/res4"].isolated.verdict.ok  # ~1e-3 of the kernel, isolated bound 1e-5
+    assert rows["backbone/res5"].isolated.verdict.ok  # res5 itself is fine, only fed bad input
 
 
-def test_config_lint_names_a_difference(seeded_checkpoint):
-    from tf_maskformer.modeling.maskformer_model import MaskFormer
+def test_config_lint_names_a_difference(models):
+    from mfport.tf_maskformer.modeling.maskformer_model import MaskFormer
 
-    torch_model, _ = load_maskformer(seeded_checkpoint("r50_ade20k"))
-    tf_model = MaskFormer(PRESETS["r50_ade20k"].with_overrides(norm_eps=1e-3, overlap_threshold=0.5)).build_for()
-    result = run_parity(torch_model, tf_model, synthetic_images(2, 1, 64, 64), modes=("cumulative",))
-    differing = {item["field"] for item in result.lint if not item["same"]}
+    torch_model, _ = models("r50_ade20k")
+    tf_model = MaskFormer(torch_model.preset.with_overrides(norm_eps=1e-3, overlap_threshold=0.5)).build_for()
+    result = run_parity(torch_model, tf_model, synthetic_images(2, 1, 64, 64), modes=("cumulative",), float64=False)
+    differing = {item.field for item in result.lint if not item.same}
     assert {"norm_eps", "overlap_threshold", "frozen_bn_eps (layers)", "group_norm (groups, eps)",
             "layer_norm_eps"} <= differing
     assert not result.passed
 
 
-def test_cli_writes_reports(seeded_checkpoint, tmp_path):
-    command = [*mfport_command(), "parity", str(seeded_checkpoint("r50_ade20k")), "--image-size", "96", "130",
-               "--batch", "1", "--json"]
-    result = subprocess.run([*command, "--no-gradients", "--report-dir", str(tmp_path / "rep")],
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert json.loads(result.stdout)["passed"] is True
-    # With gradients: the exit code follows the verdict, and the report holds every training row.
-    full = subprocess.run([*command, "--report-dir", str(tmp_path / "full")], capture_output=True, text=True,
-                          timeout=600)
-    verdict = json.loads(full.stdout)["passed"]
-    assert full.returncode == (0 if verdict else 1)
-    training = json.loads((tmp_path / "full" / "report.json").read_text())["training"]
-    assert len(training["matcher"]) == 6 and len(training["losses"]) == 18 and len(training["gradients"]) == 245
-    assert verdict == all(r["verdict"] == "pass" for r in training["gradients"])
-    assert "## Matcher, losses, gradients" in (tmp_path / "full" / "report.md").read_text()
+@pytest.mark.slow
+def test_bf16_profile_runs_tf_in_bfloat16_and_still_catches_a_fault(seeded_checkpoint, models):
+    from mfport.converter.convert import tf_model_from_checkpoint
+
+    torch_model, _ = models("r50_6enc_coco_panoptic")
+    tf_model, _ = tf_model_from_checkpoint(seeded_checkpoint("r50_6enc_coco_panoptic"), torch_model.preset,
+                                           policy="mixed_bfloat16")
+    assert tf_model.compute_dtype == "bfloat16" and tf_model.variables[0].dtype == "float32"
+    images = synthetic_images(2, 2, 128, 160)
+    result = run_parity(torch_model, tf_model, images, "bf16")
+    assert result.passed and result.profile == "bf16" and not result.float64, result.first_divergence
+    for row in result.rows:
+        cumulative = row.cumulative
+        if cumulative is None or cumulative.metrics is None:
+            continue
+        # bfloat16 really ran (float32 parity is ~1e-5 here) ...
+        assert cumulative.metrics.rel_max_error > 1e-3, row.tap
+        # ... and TF's error is of the order of PyTorch's own autocast-bfloat16 error at the same tap (both are
+        # bfloat16 rounding of the same function; measured 0.5-1.9x, bound 3x).
+        assert cumulative.metrics.rel_max_error <= 3 * cumulative.reference_bf16, row.tap
+        if row.isolated:
+            assert row.isolated.metrics.rel_max_error <= 8 * 2.0**-8, row.tap  # 8 units of bfloat16's roundoff
+    assert result.semantic.verdict is Verdict.REPORTED and 0 < result.semantic.reference_bf16_agreement <= 1
+    # res4 block 3's 3x3 kernel 25 % off: a real bug, far above bfloat16's 8-bit noise (a 5 % error in this
+    # residual branch moves res4 by ~2 % of its range, inside the 3e-2 isolated bound: bf16 cannot see it).
+    kernel = tf_model.backbone.stages[2].blocks[3].conv2.kernel
+    with assigned(kernel, kernel.numpy() * 1.25):
+        faulty = {r.tap: r for r in run_parity(torch_model, tf_model, images, "bf16", ("isolated",)).rows}
+    assert not faulty["backbone/res4"].isolated.verdict.ok and faulty["backbone/res3"].isolated.verdict.ok
+
+
+@pytest.mark.parametrize("preset_name", ["r50_ade20k", "swin_t_coco_panoptic"])
+def test_matcher_losses_and_gradients_within_float32s_band(models, preset_name):
+    from mfport.parity.training import GRADIENT_COSINE_BOUND, LOSS_REL_BOUND, run_training_parity
+
+    torch_model, tf_model = models(preset_name)
+    result = run_training_parity(torch_model, tf_model, synthetic_images(4, 2, 128, 160), seed=4,
+                                 float64_reference=True)
+    assert result.passed, [r.tf_variable for r in result.gradients if not r.verdict.ok][:5]
+    assert [r.layer for r in result.matcher] == ["final", "aux_0", "aux_1", "aux_2", "aux_3", "aux_4"]
+    for row in result.matcher:  # identical, or equally optimal within the cost matrices' float32 difference
+        assert row.identical or row.cost_gap <= row.cost_tolerance
+    assert len(result.losses) == 18 and not result.missing_gradients
+    assert len(result.gradients) == len(tf_model.trainable_variables)
+    for row in result.losses:  # the band rule, recomputed from the row's own numbers
+        allowed = max(LOSS_REL_BOUND, FLOAT32_BAND_FACTOR * row.reference_isolated_vs_float64)
+        assert row.isolated_allowed == pytest.approx(allowed) and row.tf_isolated_vs_float64 <= allowed
+        exact = row.end_to_end_float64
+        assert row.tf_rel_error_vs_float64 == pytest.approx(abs(row.tensorflow - exact) / abs(exact))
+        assert row.reference_rel_error_vs_float64 == pytest.approx(abs(row.pytorch - exact) / abs(exact))
+    for row in result.gradients:
+        if not row.analytically_zero:
+            # float32's own error: PyTorch's, or a float64 backward with the ReLU gates float32 noise may flip
+            # flipped (a gate within noise of zero goes either way: TF's float32 run flips some, PyTorch's others).
+            own = max(1 - row.reference_cosine_to_float64, 1 - (row.ambiguous_gates_cosine or 1.0))
+            allowed = max(1 - GRADIENT_COSINE_BOUND, FLOAT32_BAND_FACTOR * own)
+            assert row.allowed_deficit == pytest.approx(allowed)
+            assert 1 - row.tf_cosine_to_float64 <= allowed, row.tf_variable
+    # Only gradients that are zero by construction may be classed as such: attention key biases (softmax
+    # ignores a per-query shift) and decoder layer 0's self-attention q/k/v kernels and q bias (tgt starts
+    # at zeros, so every value equals the value bias).
+    layer0 = "sem_seg_head/predictor/transformer/decoder/layers/0/self_attn/"
+    expected_zero = {r.tf_variable for r in result.gradients if r.tf_variable.endswith("key/bias")}
+    expected_zero |= {layer0 + n for n in ("query/kernel", "key/kernel", "value/kernel", "query/bias")}
+    assert {r.tf_variable for r in result.gradients if r.analytically_zero} == expected_zero
+
+
+def test_cli_writes_typed_reports_and_the_exit_code_follows_the_verdict(seeded_checkpoint, tmp_path):
+    result = run_cli("parity", seeded_checkpoint("r50_ade20k"), "--image-size", "96", "130", "--batch", "1",
+                     "--report-dir", tmp_path / "rep", "--json")
+    verdict = json.loads(result.stdout.strip().splitlines()[-1])["passed"]
+    assert result.returncode == (0 if verdict else 1) and verdict, result.stdout[-3000:]
     report = json.loads((tmp_path / "rep" / "report.json").read_text())
-    assert report["schema_version"] == 1 and report["preset"] == "r50_ade20k"
-    assert report["environment"]["torch"] and report["bounds"] == {"cumulative": 1e-4, "isolated": 1e-5}
+    assert report["schema_version"] == 2 and report["preset"] == "r50_ade20k" and report["float64"] is True
+    assert report["environment"]["cpu"] and report["bounds"] == {"cumulative": 1e-4, "isolated": 1e-5}
     row = next(r for r in report["rows"] if r["tap"] == "backbone/res3")
     assert row["pytorch_module"] == "backbone.res3" and row["cumulative"]["verdict"] == "pass"
-    assert np.isfinite(row["isolated"]["rel_max_error"])
-    assert "| backbone/res3 |" in (tmp_path / "rep" / "report.md").read_text()
-    assert "data:image/png;base64," in (tmp_path / "rep" / "report.html").read_text()
+    assert row["cumulative"]["tf_vs_float64"] <= row["cumulative"]["allowed"]
+    assert len(report["training"]["matcher"]) == 6 and len(report["training"]["losses"]) == 18
+    assert report["training"]["passed"] == all(g["verdict"] == "pass" for g in report["training"]["gradients"])
+    markdown = (tmp_path / "rep" / "report.md").read_text()
+    assert "| backbone/res3 |" in markdown and "## gradients" in markdown and "TF vs float64" in markdown
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert "data:image/png;base64," in html and "overflow-wrap:anywhere" in html
+    # Exact zeros (the isolated heads compute bit for bit what PyTorch does) say so instead of 0.00e+00.
+    if any(r.get("isolated") and r["isolated"]["metrics"] and r["isolated"]["metrics"]["max_abs_error"] == 0
+           for r in report["rows"]):
+        assert ">exact ok<" in html
+    console = result.stdout
+    assert "backbone/res3" in console and "TF vs float64" in console
 
 
-@pytest.mark.parametrize("preset_name", ["r50_ade20k", "r50_6enc_coco_panoptic"])
-def test_matcher_losses_and_gradients_agree(seeded_checkpoint, preset_name):
-    from parity.training import run_training_parity
+def test_console_markdown_and_html_render_the_same_rows(models, tmp_path):
+    from mfport.parity.report import render_html, render_markdown, tables
 
-    torch_model, _ = load_maskformer(seeded_checkpoint(preset_name))
-    tf_model = converted_tf_model(seeded_checkpoint(preset_name), preset_name)
-    result = run_training_parity(torch_model, tf_model, synthetic_images(4, 2, 150, 210))
-    assert [r["layer"] for r in result["matcher"]] == ["final", "aux_0", "aux_1", "aux_2", "aux_3", "aux_4"]
-    assert all(r["identical"] and r["in_graph_identical"] for r in result["matcher"])
-    assert len(result["losses"]) == 18
-    for row in result["losses"]:
-        assert row["rel_error_isolated"] <= 1e-6, row
-        assert row["rel_error_cumulative"] <= 1e-4, row
-    assert len(result["gradients"]) == len(tf_model.trainable_variables) and not result["missing_gradients"]
-    # The issue's bound is cosine >= 0.99999 per tensor. Measured on r50_ade20k at 150x210: seed 0 meets it
-    # everywhere, seed 4 has 33 backbone tensors down to 0.99992, seed 9 142 tensors down to 0.99901 (the
-    # backward pass of the seeded model is sensitive to float32 forward differences). This test holds the
-    # measured floor so that a regression shows; the parity report states the 0.99999 verdicts as they are.
-    assert min(r["cosine"] for r in result["gradients"] if not r["analytically_zero"]) >= 0.999
-    # Only gradients that are zero by construction may be classed as such: attention key biases (softmax
-    # ignores a per-query shift) and decoder layer 0's self-attention q/k/v kernels and q bias (its values
-    # all equal the value bias, since tgt starts at zeros).
-    layer0 = "sem_seg_head/predictor/transformer/decoder/layers/0/self_attn/"
-    expected_zero = {name for name in (r["tf_variable"] for r in result["gradients"]) if name.endswith("key/bias")}
-    expected_zero |= {layer0 + n for n in ("query/kernel", "key/kernel", "value/kernel", "query/bias")}
-    assert {r["tf_variable"] for r in result["gradients"] if r["analytically_zero"]} == expected_zero
-
-
-def test_float64_context_of_gradient_parity(seeded_checkpoint):
-    """Seed 4 at 150x210 puts r50_ade20k gradients below the cosine bound; a float64 backward of the
-    reference shows why: PyTorch's own float32 gradient is below the bound there too, TF's mostly is not."""
-    from parity.training import run_training_parity
-
-    torch_model, _ = load_maskformer(seeded_checkpoint("r50_ade20k"))
-    tf_model = converted_tf_model(seeded_checkpoint("r50_ade20k"), "r50_ade20k")
-    result = run_training_parity(torch_model, tf_model, synthetic_images(4, 2, 150, 210), seed=4,
-                                 float64_reference=True)
-    assert result["float64_reference"]["same_assignment_as_float32"]
-    judged = [r for r in result["gradients"] if not r["analytically_zero"]]
-    failing = [r for r in judged if r["verdict"] == "fail"]
-    assert failing and all(r["reference_below_bound_vs_float64"] for r in failing)
-    assert min(r["tf_cosine_to_float64"] for r in judged) > min(r["reference_cosine_to_float64"] for r in judged)
-    assert min(r["tf_cosine_to_float64"] for r in judged) >= 0.9999
-    # The report's one-line context for the failing rows, counted here by hand.
-    from parity.training import thread_count_context
-
-    own = sum(r["reference_self_cosine"] < 0.99999 for r in failing)
-    context = thread_count_context(result["gradients"])
-    assert f" {own} of the {len(failing)} failing tensors too" in context and "--float64-gradients" not in context
-    float32_only = [{k: v for k, v in r.items() if "float64" not in k} for r in result["gradients"]]
-    assert "--float64-gradients compares" in thread_count_context(float32_only)
-    assert thread_count_context([{**r, "verdict": "pass"} for r in result["gradients"]]) is None
-    # Loss terms end to end against the float64 reference's, recomputed from the stored values.
-    for row in result["losses"]:
-        exact = row["pytorch_float64"]
-        assert row["tf_rel_error_vs_float64"] == pytest.approx(abs(row["tensorflow"] - exact) / abs(exact))
-        assert row["reference_rel_error_vs_float64"] == pytest.approx(abs(row["pytorch"] - exact) / abs(exact))
-    # Measured here: the mask (focal) terms of PyTorch's own float32 run are off float64 by up to 5.0e-6, TF's
-    # by up to 5.8e-6, so a 1e-6 end-to-end bound lies below float32's accuracy (the verdict is isolated). The
-    # 3x allowance for TF is loose here (1.2x); at 480x640 (R50 + 6 Enc) it measured 6.4e-6 against 2.0e-6.
-    worst_tf = max(r["tf_rel_error_vs_float64"] for r in result["losses"])
-    worst_reference = max(r["reference_rel_error_vs_float64"] for r in result["losses"])
-    assert worst_reference > 1e-6 and worst_tf <= 3 * worst_reference
+    torch_model, tf_model = models("r50_ade20k")
+    result = run_parity(torch_model, tf_model, synthetic_images(5, 1, 64, 96))
+    meta = {"bounds": {"cumulative": 1e-4, "isolated": 1e-5}}
+    markdown, html = render_markdown(result, meta), render_html(result, meta)
+    for table in tables(result):
+        for row in table.rows:
+            assert row[0].text in markdown and row[0].text.replace("&", "&amp;") in html
+    assert rel_max_error(np.ones(3), np.ones(3)) == 0.0

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import re
 
 import numpy as np
 import pytest
 import torch
 
-from converter.checkpoint_io import read_checkpoint
-from torch_reference.loading import load_maskformer
-from torch_reference.presets import PRESETS
-from torch_reference.seeded_init import write_seeded_checkpoint
-from torch_reference.synthetic_images import synthetic_images
+from mfport.core.checkpoint_io import read_checkpoint
+from mfport.core.presets import PRESETS
+from mfport.core.synthetic_images import synthetic_images
+from mfport.torch_reference.loading import load_maskformer
+from mfport.torch_reference.seeded_init import write_seeded_checkpoint
 
 
 def _sha(path) -> str:
@@ -20,6 +21,18 @@ def _sha(path) -> str:
 
 
 def test_same_seed_same_bytes_other_seed_other_weights(seeded_checkpoint, tmp_path):
+    swin = tmp_path / "swin.pkl"
+    write_seeded_checkpoint(PRESETS["swin_t_ade20k"], 0, swin)
+    assert _sha(swin) == _sha(seeded_checkpoint("swin_t_ade20k", 0))
+    tables = [v for k, v in read_checkpoint(swin).tensors.items() if k.endswith("relative_position_bias_table")]
+    assert 0.5 < float(np.std(np.concatenate([t.ravel() for t in tables]))) < 2.0  # O(1), as trained tables
+    sharp = read_checkpoint(seeded_checkpoint("r50_6enc_coco_panoptic", 0, "sharp")).tensors
+    default = read_checkpoint(seeded_checkpoint("r50_6enc_coco_panoptic", 0)).tensors
+    key = "sem_seg_head.predictor.transformer.decoder.layers.0.self_attn.in_proj_weight"
+    # sharp: q/k rows at 6/sqrt(256) = 0.375; default: 3 x xavier over [768, 256] = 0.133; v rows alike.
+    assert np.std(sharp[key][:512]) == pytest.approx(0.375, rel=0.05)
+    assert np.std(default[key][:512]) == pytest.approx(3 * (2 / 1024) ** 0.5, rel=0.05)
+    assert np.std(sharp[key][512:]) == pytest.approx(np.std(default[key][512:]), rel=0.05)
     first = seeded_checkpoint("r50_6enc_coco_panoptic", 0)
     again = tmp_path / "again.pkl"
     torch.set_num_threads(1)  # a different thread count must not change the calibrated statistics
@@ -34,7 +47,7 @@ def test_same_seed_same_bytes_other_seed_other_weights(seeded_checkpoint, tmp_pa
     assert not np.array_equal(a["backbone.res4.2.conv2.norm.running_var"], b["backbone.res4.2.conv2.norm.running_var"])
 
 
-@pytest.mark.parametrize("preset_name", ["r50_ade20k", "r101_6enc_coco_panoptic"])
+@pytest.mark.parametrize("preset_name", ["r50_ade20k", "r101c_ade20k", "swin_b_coco_panoptic"])
 def test_activations_stay_in_a_sane_range_through_every_stage(seeded_checkpoint, preset_name):
     model, _ = load_maskformer(seeded_checkpoint(preset_name))
     # Images the calibration never saw, at a size not divisible by 32.
@@ -47,13 +60,16 @@ def test_activations_stay_in_a_sane_range_through_every_stage(seeded_checkpoint,
     for block_name, block in model.backbone.named_modules():
         if block_name.startswith("res") and block_name.count(".") == 1:  # every bottleneck block, e.g. res4.17
             block.register_forward_hook(record(block_name))
+        if re.fullmatch(r"layers\.\d+\.blocks\.\d+", block_name):  # every Swin block (its residual stream)
+            block.register_forward_hook(record(block_name))
     with torch.no_grad():
         padded, _ = model.preprocess(images)
         features = model.backbone(padded)
         outputs = model.forward_padded(padded)
     for name in ("res2", "res3", "res4", "res5"):
         assert 0.3 < float(features[name].std()) < 5.0, (name, float(features[name].std()))
-    assert len(stds) == sum(model.preset.stage_blocks)
+    spec = model.preset.backbone
+    assert len(stds) == sum(spec.depths if spec.kind == "swin" else spec.stage_blocks)
     assert max(stds.values()) < 5.0 and min(stds.values()) > 0.1, stds
     logits, masks = outputs["pred_logits"], outputs["pred_masks"]
     assert torch.isfinite(logits).all() and torch.isfinite(masks).all()

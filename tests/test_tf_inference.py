@@ -7,12 +7,12 @@ import pytest
 import tensorflow as tf
 import torch
 
-from tf_maskformer.modeling.inference import panoptic_inference as tf_panoptic
-from tf_maskformer.modeling.inference import postprocess
-from tf_maskformer.modeling.inference import semantic_inference as tf_semantic
-from torch_reference.maskformer import MaskFormer as TorchMaskFormer
-from torch_reference.maskformer import panoptic_inference as torch_panoptic
-from torch_reference.presets import PRESETS
+from mfport.core.presets import PRESETS
+from mfport.tf_maskformer.modeling.inference import panoptic_inference as tf_panoptic
+from mfport.tf_maskformer.modeling.inference import postprocess
+from mfport.tf_maskformer.modeling.inference import semantic_inference as tf_semantic
+from mfport.torch_reference.maskformer import MaskFormer as TorchMaskFormer
+from mfport.torch_reference.maskformer import panoptic_inference as torch_panoptic
 
 
 def _raw_outputs(seed: int, batch: int, queries: int, classes: int, height: int, width: int):
@@ -70,7 +70,7 @@ def test_semantic_scores_equal_pytorch():
     logits, masks = _raw_outputs(3, 2, 20, 9, 21, 33)
     got = tf_semantic(tf.constant(logits), tf.constant(masks)).numpy()
     for b in range(2):
-        from torch_reference.maskformer import semantic_inference
+        from mfport.torch_reference.maskformer import semantic_inference
 
         expected = semantic_inference(torch.from_numpy(logits[b]), torch.from_numpy(masks[b])).numpy()
         np.testing.assert_allclose(got[b], expected.transpose(1, 2, 0), rtol=1e-5, atol=1e-6)

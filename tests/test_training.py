@@ -16,13 +16,13 @@ import tensorflow as tf
 from conftest import mfport_command
 from PIL import Image
 
-from tf_maskformer.dataloaders.coco_panoptic_tfrecords import read_label_map, write_panoptic_tfrecords
-from tf_maskformer.dataloaders.maskformer_input import Decoder, Parser
-from tf_maskformer.dataloaders.synthetic_coco_panoptic import write_synthetic_coco_panoptic
-from tf_maskformer.optimization import MaskFormerAdamW
-from tf_maskformer.tasks.panoptic_maskformer import panoptic_prediction
-from tf_maskformer.train import build_params, read_scalars
-from torch_reference.presets import PIXEL_MEAN, PIXEL_STD
+from mfport.core.presets import PIXEL_MEAN, PIXEL_STD
+from mfport.tf_maskformer.dataloaders.coco_panoptic_tfrecords import read_label_map, write_panoptic_tfrecords
+from mfport.tf_maskformer.dataloaders.maskformer_input import Decoder, Parser
+from mfport.tf_maskformer.dataloaders.synthetic_coco_panoptic import write_synthetic_coco_panoptic
+from mfport.tf_maskformer.optimization import MaskFormerAdamW
+from mfport.tf_maskformer.tasks.panoptic_maskformer import panoptic_prediction
+from mfport.tf_maskformer.train import build_params, read_scalars
 
 ROOT = Path(__file__).resolve().parents[1]
 

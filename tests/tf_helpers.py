@@ -1,8 +1,6 @@
-"""Shared helpers of the TF tests: converted seeded models and independent shape arithmetic."""
+"""Independent shape arithmetic for the TF tests."""
 
 from __future__ import annotations
-
-from converter.convert import tf_model_from_checkpoint
 
 
 def conv_out(size: int, kernel: int, stride: int, pad: int) -> int:
@@ -19,10 +17,3 @@ def stride_sizes(size: int) -> dict[str, int]:
 
 def padded(size: int, divisor: int) -> int:
     return -(-size // divisor) * divisor if divisor > 1 else size
-
-
-def converted_tf_model(checkpoint_path: str, preset_name: str) -> object:
-    """A fresh TF MaskFormer holding the converted weights of a seeded checkpoint."""
-    model, preset = tf_model_from_checkpoint(checkpoint_path, preset_name)
-    assert preset.name == preset_name
-    return model

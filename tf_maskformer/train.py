@@ -1,126 +1,114 @@
-"""The thin train driver: experiment config (+ YAML files, + --params_override) -> strategy -> train_lib.
+"""The thin train driver, as the Model Garden's own (official/vision/train.py, projects/detr/train.py):
 
-As the Model Garden's own drivers (official/vision/train.py, projects/detr/train.py): Orbit runs the
-task's steps, writes TensorBoard summaries and checkpoints under MODEL_DIR, and a rerun with the same
-MODEL_DIR resumes from the newest checkpoint.
+experiment config (+ YAML files, + --params_override) -> params.yaml in the model dir -> mixed precision
+and distribution strategy from params.runtime -> task_factory.get_task -> train_lib (Orbit: steps,
+TensorBoard summaries, checkpoints; a rerun with the same model dir resumes from its newest checkpoint).
 """
 
 from __future__ import annotations
 
+import glob
 import os
 from pathlib import Path
 
 import tensorflow as tf
+from absl import logging
 from official.common import distribute_utils
 from official.core import config_definitions as cfg
-from official.core import exp_factory, train_lib
+from official.core import exp_factory, task_factory, train_lib, train_utils
 from official.modeling import hyperparams, performance
 
-import tf_maskformer.configs.maskformer  # (registers the experiments)
-import tf_maskformer.tasks.panoptic_maskformer  # (registers the task)
+import mfport.tf_maskformer.configs.maskformer
+import mfport.tf_maskformer.tasks.panoptic_maskformer  # noqa: F401  (registers the task)
+from mfport.core.errors import MfportError
+
+MODES = ("train", "eval", "train_and_eval")
 
 
 def build_params(experiment: str, config_files: list[str] | None = None, params_override: str | None = None,
                  overrides: dict | None = None) -> cfg.ExperimentConfig:
     """The registered experiment, overridden by YAML files in order, then by a params_override string, then
-    by `overrides` (a nested dict, what the CLI's convenience flags set)."""
+    by `overrides` (a nested dict: what the CLI's convenience flags set)."""
     try:
         params = exp_factory.get_exp_config(experiment)
     except KeyError:
-        raise ValueError(f"--experiment: unknown {experiment!r}; registered: "
-                         f"{', '.join(sorted(n for n in exp_factory._REGISTERED_CONFIGS if 'maskformer' in n))}"
-                         ) from None
+        known = sorted(n for n in exp_factory._REGISTERED_CONFIGS if n.startswith("maskformer"))
+        raise MfportError(f"unknown {experiment!r}; registered: {', '.join(known)}", parameter="experiment") from None
     for path in config_files or []:
         if not Path(path).is_file():
-            raise ValueError(f"--config_file: {path} does not exist")
-        params = hyperparams.override_params_dict(params, path, is_strict=True)
+            raise MfportError(f"{path} does not exist", parameter="config_file")
+        params = _override(params, path, "config_file")
     if params_override:
-        params = hyperparams.override_params_dict(params, params_override, is_strict=True)
+        params = _override(params, params_override, "params_override")
     if overrides:
-        params = hyperparams.override_params_dict(params, overrides, is_strict=True)
-    params.validate()
+        params = _override(params, overrides, "params_override")
+    try:
+        params.validate()
+    except (KeyError, ValueError) as err:
+        raise MfportError(str(err).splitlines()[0], parameter="params_override") from None
     params.lock()
     return params
 
 
-def build_strategy(tpu: str | None = None, num_gpus: int | None = None, cpu_replicas: int = 1
-                   ) -> tf.distribute.Strategy:
-    """TPUStrategy for --tpu, MirroredStrategy for several GPUs (or several logical CPUs), else the default."""
-    if tpu:
-        return distribute_utils.get_distribution_strategy("tpu", tpu_address=tpu)
-    gpus = len(tf.config.list_physical_devices("GPU")) if num_gpus is None else num_gpus
-    if gpus > 1:
-        return distribute_utils.get_distribution_strategy("mirrored", num_gpus=gpus)
-    if cpu_replicas > 1:  # for multi-replica checks without accelerators (must run before TF starts its devices)
+def _override(params: cfg.ExperimentConfig, source: object, parameter: str) -> cfg.ExperimentConfig:
+    try:
+        return hyperparams.override_params_dict(params, source, is_strict=True)
+    except (KeyError, ValueError, AttributeError, TypeError) as err:
+        message = str(err.args[0] if err.args else err).splitlines()[0]
+        raise MfportError(message, parameter=parameter) from None
+
+
+def build_strategy(runtime: cfg.RuntimeConfig) -> tf.distribute.Strategy:
+    """The strategy params.runtime names, as the Model Garden's drivers build it (TPUStrategy for "tpu",
+    MirroredStrategy over runtime.num_gpus GPUs, MultiWorkerMirroredStrategy from TF_CONFIG, ...), plus
+    mfport's check on machines without accelerators: "mirrored" with no GPU and runtime.num_cpu_replicas > 1
+    mirrors over that many logical CPUs (must run before TF initialises its devices)."""
+    cpu_replicas = getattr(runtime, "num_cpu_replicas", 1)
+    if runtime.distribution_strategy == "mirrored" and not runtime.num_gpus and cpu_replicas > 1:
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_replicas)
         return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(cpu_replicas)])
-    if gpus == 1:
-        return distribute_utils.get_distribution_strategy("one_device", num_gpus=1)
-    return tf.distribute.get_strategy()
+    return distribute_utils.get_distribution_strategy(
+        distribution_strategy=runtime.distribution_strategy, all_reduce_alg=runtime.all_reduce_alg,
+        num_gpus=runtime.num_gpus, tpu_address=runtime.tpu)
 
 
-def run(params: cfg.ExperimentConfig, model_dir: str | os.PathLike[str], mode: str = "train",
-        strategy: tf.distribute.Strategy | None = None) -> dict[str, object]:
-    """Train and/or evaluate; returns the last evaluation's logs (empty when none ran)."""
+def check_data(params: cfg.ExperimentConfig, mode: str) -> None:
+    """One line naming the config field when a data glob matches no file (before TF builds anything)."""
+    for name, data in (("task.train_data.input_path", params.task.train_data),
+                       ("task.validation_data.input_path", params.task.validation_data)):
+        needed = mode.startswith("train") if "train_data" in name else mode != "train"
+        if needed and not any(glob.glob(p) for p in data.input_path.split(",")):
+            raise MfportError(f"no file matches {data.input_path!r}", parameter=name)
+
+
+def run(params: cfg.ExperimentConfig, model_dir: str | os.PathLike[str], mode: str = "train") -> dict[str, object]:
+    """Train and/or evaluate as params say; returns the last evaluation's logs (empty when none ran)."""
+    if mode not in MODES:
+        raise MfportError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}", parameter="mode")
+    model_dir = str(model_dir)
+    check_data(params, mode)
+    if mode == "eval" and tf.train.latest_checkpoint(model_dir) is None:
+        raise MfportError(f"{model_dir} holds no checkpoint to evaluate", parameter="model_dir")
+    if "train" in mode:  # pure evaluation writes no params.yaml: it would race the training job's
+        train_utils.serialize_config(params, model_dir)
     performance.set_mixed_precision_policy(params.runtime.mixed_precision_dtype or "float32")
-    strategy = strategy or build_strategy()
-    Path(model_dir).mkdir(parents=True, exist_ok=True)
+    strategy = build_strategy(params.runtime)
+    logging.info("distribution: %s, %d replica(s) in sync", type(strategy).__name__, strategy.num_replicas_in_sync)
+    print(f"distribution: {type(strategy).__name__}, {strategy.num_replicas_in_sync} replica(s) in sync", flush=True)
     with strategy.scope():
-        task = tf_maskformer.tasks.panoptic_maskformer.PanopticMaskFormerTask(params.task, logging_dir=str(model_dir))
-    if mode == "eval" and tf.train.latest_checkpoint(str(model_dir)) is None:
-        raise ValueError(f"--model-dir: {model_dir} holds no checkpoint to evaluate")
-    runner = train_lib.OrbitExperimentRunner(distribution_strategy=strategy, task=task, mode=mode, params=params,
-                                             model_dir=str(model_dir))
-    if mode == "eval":  # the runner's own eval mode discards the logs; the controller returns them
+        task = task_factory.get_task(params.task, logging_dir=model_dir)
+        trainer = train_utils.create_trainer(params, task, train="train" in mode, evaluate="eval" in mode)
+        if "train" in mode and hasattr(trainer.optimizer, "_create_all_weights"):
+            # The optimizer's slots now, not inside the first traced step: a tf.function that creates variables
+            # on its first call is traced twice (~20 s of the CPU smoke run's start-up).
+            trainer.optimizer._create_all_weights(trainer.model.trainable_variables)
+    if mode == "eval":  # the runner's own eval mode discards the logs; its controller returns them
+        runner = train_lib.OrbitExperimentRunner(distribution_strategy=strategy, task=task, mode=mode,
+                                                 params=params, model_dir=model_dir, trainer=trainer)
         with strategy.scope():
             eval_logs = runner.controller.evaluate(steps=params.trainer.validation_steps)
     else:
-        _, eval_logs = runner.run()
+        _, eval_logs = train_lib.run_experiment(distribution_strategy=strategy, task=task, mode=mode, params=params,
+                                                model_dir=model_dir, trainer=trainer)
     return {k: float(v) if hasattr(v, "__float__") else v for k, v in (eval_logs or {}).items()}
-
-
-def read_scalars(log_dir: str | os.PathLike[str], tag: str) -> list[tuple[int, float]]:
-    """(step, value) of a scalar summary in the event files under log_dir, in step order."""
-    points = {}
-    for path in sorted(Path(log_dir).glob("events.out.tfevents.*")):
-        for event in tf.compat.v1.train.summary_iterator(str(path)):
-            for value in event.summary.value:
-                if value.tag == tag:
-                    points[int(event.step)] = float(tf.make_ndarray(value.tensor)) if value.HasField("tensor") \
-                        else float(value.simple_value)
-    return sorted(points.items())
-
-
-def plot_loss_curve(model_dir: str | os.PathLike[str], png: str | os.PathLike[str], title: str) -> Path:
-    """The training loss terms per step (from the TensorBoard summaries) as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from converter.checkpoint_io import atomic_write
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    total = read_scalars(Path(model_dir) / "train", "total_loss")
-    if not total:
-        raise ValueError(f"{model_dir}/train: no total_loss summaries to plot")
-    axes[0].plot(*zip(*total, strict=True), marker=".", label="total (weighted, final + aux)")
-    axes[0].set_xlabel("step")
-    axes[0].set_ylabel("loss")
-    axes[0].set_title(title)
-    axes[0].legend()
-    for term in ("loss_ce", "loss_mask", "loss_dice"):
-        points = read_scalars(Path(model_dir) / "train", term)
-        if points:
-            axes[1].plot(*zip(*points, strict=True), marker=".", label=term)
-    axes[1].set_xlabel("step")
-    axes[1].set_yscale("log")
-    axes[1].set_title("final-layer terms (unweighted)")
-    axes[1].legend()
-    fig.tight_layout()
-    png = Path(png)
-    png.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(png, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
-    return png

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torch_reference.matcher import HungarianMatcher
-from torch_reference.presets import MaskFormerPreset
+from mfport.core.presets import MaskFormerPreset
+from mfport.torch_reference.matcher import HungarianMatcher
 
 LOSS_NAMES = ("loss_ce", "loss_mask", "loss_dice")
 
@@ -71,13 +71,6 @@ class SetCriterion(nn.Module):
         return (sigmoid_focal_loss(src_masks, tgt_masks, num_masks, self.focal_alpha, self.focal_gamma),
                 dice_loss(src_masks, tgt_masks, num_masks))
 
-    def layer_losses(self, outputs: dict[str, torch.Tensor], targets: list[dict[str, torch.Tensor]],
-                     num_masks: float) -> tuple[dict[str, torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]]]:
-        indices = self.matcher(outputs, targets)
-        loss_mask, loss_dice = self.loss_masks(outputs, targets, indices, num_masks)
-        return {"loss_ce": self.loss_labels(outputs, targets, indices),
-                "loss_mask": loss_mask, "loss_dice": loss_dice}, indices
-
     @staticmethod
     def num_masks(targets: list[dict[str, torch.Tensor]], world_size: int = 1) -> float:
         """Total target masks (summed over replicas by the caller), averaged per replica, at least 1."""
@@ -89,11 +82,19 @@ class SetCriterion(nn.Module):
 
         targets: per image {"labels": int64 [N], "masks": [N, H, W]} with H, W the padded input size.
         """
+        layers = [outputs, *outputs.get("aux_outputs", [])]
+        return self.forward_with_indices(outputs, targets, [self.matcher(layer, targets) for layer in layers])
+
+    def forward_with_indices(self, outputs: dict[str, object], targets: list[dict[str, torch.Tensor]],
+                             indices: list[list[tuple[torch.Tensor, torch.Tensor]]]) -> dict[str, torch.Tensor]:
+        """The loss terms for given assignments (per layer, final first, then each aux layer)."""
         num_masks = self.num_masks(targets)
-        losses, _ = self.layer_losses(outputs, targets, num_masks)
-        for layer, aux in enumerate(outputs.get("aux_outputs", [])):
-            aux_losses, _ = self.layer_losses(aux, targets, num_masks)
-            losses.update({f"{k}_{layer}": v for k, v in aux_losses.items()})
+        losses = {}
+        for position, layer in enumerate([outputs, *outputs.get("aux_outputs", [])]):
+            loss_mask, loss_dice = self.loss_masks(layer, targets, indices[position], num_masks)
+            suffix = "" if position == 0 else f"_{position - 1}"
+            losses.update({f"loss_ce{suffix}": self.loss_labels(layer, targets, indices[position]),
+                           f"loss_mask{suffix}": loss_mask, f"loss_dice{suffix}": loss_dice})
         return losses
 
     def weighted(self, losses: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torch_reference.backbone import ResNet
-from torch_reference.criterion import SetCriterion
-from torch_reference.pixel_decoder import build_pixel_decoder
-from torch_reference.presets import MaskFormerPreset
-from torch_reference.transformer_predictor import TransformerPredictor
+from mfport.core.presets import MaskFormerPreset
+from mfport.torch_reference.backbone import build_backbone
+from mfport.torch_reference.criterion import SetCriterion
+from mfport.torch_reference.pixel_decoder import build_pixel_decoder
+from mfport.torch_reference.transformer_predictor import TransformerPredictor
 
 
 class MaskFormerHead(nn.Module):
@@ -97,7 +97,7 @@ class MaskFormer(nn.Module):
     def __init__(self, preset: MaskFormerPreset) -> None:
         super().__init__()
         self.preset = preset
-        self.backbone = ResNet(preset.stage_blocks, eps=preset.norm_eps)
+        self.backbone = build_backbone(preset)
         self.sem_seg_head = MaskFormerHead(preset)
         self.criterion = SetCriterion(preset)
         # Not in the checkpoints (non-persistent buffers in the original too).

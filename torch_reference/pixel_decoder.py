@@ -10,13 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torch_reference.backbone import Conv2d
-from torch_reference.position_encoding import PositionEmbeddingSine
-from torch_reference.presets import MaskFormerPreset
-from torch_reference.transformer_layers import TransformerEncoderLayer
+from mfport.core.presets import MaskFormerPreset
+from mfport.torch_reference.backbone import Conv2d
+from mfport.torch_reference.position_encoding import PositionEmbeddingSine
+from mfport.torch_reference.transformer_layers import TransformerEncoderLayer
 
 IN_FEATURES = ("res2", "res3", "res4", "res5")
-IN_CHANNELS = (256, 512, 1024, 2048)
 
 
 def _group_norm(preset: MaskFormerPreset) -> nn.GroupNorm:
@@ -26,12 +25,14 @@ def _group_norm(preset: MaskFormerPreset) -> nn.GroupNorm:
 class BasePixelDecoder(nn.Module):
     """layer_4 on res5, then top-down: y = layer_i(adapter_i(res_i) + nearest_resize(y))."""
 
-    def __init__(self, preset: MaskFormerPreset, top_in_channels: int = IN_CHANNELS[-1]) -> None:
+    def __init__(self, preset: MaskFormerPreset, top_in_channels: int | None = None) -> None:
         super().__init__()
         dim = preset.conv_dim
+        channels = preset.backbone_channels
+        top_in_channels = channels[-1] if top_in_channels is None else top_in_channels
         # Registration order adapter_1, layer_1, ..., layer_4, mask_features, as the original.
-        for index, in_channels in enumerate(IN_CHANNELS):
-            if index == len(IN_CHANNELS) - 1:
+        for index, in_channels in enumerate(channels):
+            if index == len(channels) - 1:
                 self.add_module(f"layer_{index + 1}", Conv2d(
                     top_in_channels, dim, kernel_size=3, padding=1, bias=False,
                     norm=_group_norm(preset), activation=nn.ReLU()))
@@ -81,7 +82,7 @@ class TransformerEncoderPixelDecoder(BasePixelDecoder):
 
     def __init__(self, preset: MaskFormerPreset) -> None:
         super().__init__(preset, top_in_channels=preset.conv_dim)  # layer_4 is 256 -> 256 here
-        self.input_proj = Conv2d(IN_CHANNELS[-1], preset.conv_dim, kernel_size=1)
+        self.input_proj = Conv2d(preset.backbone_channels[-1], preset.conv_dim, kernel_size=1)
         self.transformer = TransformerEncoderOnly(preset)
         self.pe_layer = PositionEmbeddingSine(preset.conv_dim // 2, normalize=True)
 

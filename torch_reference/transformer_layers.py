@@ -2,12 +2,13 @@
 
 Attention is called with need_weights left at its default (True), as the original does: that keeps
 PyTorch on its explicit softmax(QK^T)V path rather than the fused kernel, which rounds differently.
+The FFN's ReLU is a module (`activation`, no weights: the state dict is the original's) so the parity harness
+can find the gates float32 noise may flip.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -25,6 +26,7 @@ class TransformerEncoderLayer(nn.Module):
         self.linear1 = nn.Linear(d_model, dim_feedforward)
         self.dropout = nn.Dropout(dropout)
         self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.activation = nn.ReLU()
         self.norm1 = nn.LayerNorm(d_model, eps=eps)
         self.norm2 = nn.LayerNorm(d_model, eps=eps)
         self.dropout1 = nn.Dropout(dropout)
@@ -33,7 +35,7 @@ class TransformerEncoderLayer(nn.Module):
     def forward(self, src: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
         q = k = with_pos_embed(src, pos)
         src = self.norm1(src + self.dropout1(self.self_attn(q, k, value=src)[0]))
-        src2 = self.linear2(self.dropout(F.relu(self.linear1(src))))
+        src2 = self.linear2(self.dropout(self.activation(self.linear1(src))))
         return self.norm2(src + self.dropout2(src2))
 
 
@@ -48,6 +50,7 @@ class TransformerDecoderLayer(nn.Module):
         self.linear1 = nn.Linear(d_model, dim_feedforward)
         self.dropout = nn.Dropout(dropout)
         self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.activation = nn.ReLU()
         self.norm1 = nn.LayerNorm(d_model, eps=eps)
         self.norm2 = nn.LayerNorm(d_model, eps=eps)
         self.norm3 = nn.LayerNorm(d_model, eps=eps)
@@ -62,5 +65,5 @@ class TransformerDecoderLayer(nn.Module):
         tgt2 = self.multihead_attn(query=with_pos_embed(tgt, query_pos), key=with_pos_embed(memory, pos),
                                    value=memory)[0]
         tgt = self.norm2(tgt + self.dropout2(tgt2))
-        tgt2 = self.linear2(self.dropout(F.relu(self.linear1(tgt))))
+        tgt2 = self.linear2(self.dropout(self.activation(self.linear1(tgt))))
         return self.norm3(tgt + self.dropout3(tgt2))

@@ -8,13 +8,12 @@ class_embed, mask_embed.layers.N). The predictor's own transformer has 0 encoder
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from torch_reference.backbone import Conv2d
-from torch_reference.position_encoding import PositionEmbeddingSine
-from torch_reference.presets import MaskFormerPreset
-from torch_reference.transformer_layers import TransformerDecoderLayer
+from mfport.core.presets import MaskFormerPreset
+from mfport.torch_reference.backbone import Conv2d
+from mfport.torch_reference.position_encoding import PositionEmbeddingSine
+from mfport.torch_reference.transformer_layers import TransformerDecoderLayer
 
 
 class MLP(nn.Module):
@@ -25,12 +24,13 @@ class MLP(nn.Module):
         dims_in = [input_dim] + [hidden_dim] * (num_layers - 1)
         dims_out = [hidden_dim] * (num_layers - 1) + [output_dim]
         self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims_in, dims_out, strict=True))
+        self.activations = nn.ModuleList(nn.ReLU() for _ in range(num_layers - 1))  # no weights (see parity)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for index, layer in enumerate(self.layers):
             x = layer(x)
             if index < len(self.layers) - 1:
-                x = F.relu(x)
+                x = self.activations[index](x)
         return x
 
 

@@ -5,21 +5,17 @@ One table drives both directions (converter.registry); MAPPING_VERSION changes w
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from mfport.converter.mappings import backbone, pixel_decoder, predictor, swin
+from mfport.converter.rules import Derived, Rule
 
-import numpy as np
-
-from converter.mappings import backbone, pixel_decoder, predictor
-from converter.rules import Rule
-from torch_reference.presets import MaskFormerPreset
-
-MAPPING_VERSION = "1"
+MAPPING_VERSION = "2"  # 2: Swin, R101c's DeepLab stem, pattern-keyed derived tensors
 
 FAMILIES: dict[str, tuple[Rule, ...]] = {
     "backbone": backbone.RULES,
+    "swin": swin.RULES,
     "pixel_decoder": pixel_decoder.RULES,
     "predictor": predictor.RULES,
 }
 
 # Source tensors with no TF variable, regenerated from the preset on the way back (and checked on the way in).
-DERIVED: dict[str, Callable[[MaskFormerPreset], np.ndarray]] = dict(predictor.DERIVED)
+DERIVED: tuple[Derived, ...] = (*predictor.DERIVED, *swin.DERIVED)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from converter.rules import IDENTITY, Rule, conv
+from mfport.converter.rules import IDENTITY, Rule, conv
 
-CONV = r"stem\.conv1|res[2-5]\.\d+\.(?:conv[1-3]|shortcut)"
+CONV = r"stem\.conv[1-3]|res[2-5]\.\d+\.(?:conv[1-3]|shortcut)"
 
 RULES: tuple[Rule, ...] = (
     *conv(f"backbone.{{conv:{CONV}}}", "backbone/{conv}"),

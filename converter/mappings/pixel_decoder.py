@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from converter.rules import Rule, attention, conv, linear, norm
+from mfport.converter.rules import Rule, attention, conv, linear, norm
 
 SRC = "sem_seg_head.pixel_decoder"
 DST = "sem_seg_head/pixel_decoder"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from converter.rules import IDENTITY, NOT_A_VARIABLE, Rule, attention, conv, linear, norm
-from torch_reference.presets import MaskFormerPreset
+from mfport.converter.rules import IDENTITY, NOT_A_VARIABLE, Derived, Rule, attention, conv, linear, norm
+from mfport.core.presets import MaskFormerPreset
 
 SRC = "sem_seg_head.predictor"
 DST = "sem_seg_head/predictor"
@@ -33,4 +33,6 @@ def empty_weight(preset: MaskFormerPreset) -> np.ndarray:
     return weight
 
 
-DERIVED = {"criterion.empty_weight": empty_weight}
+# 1 % relative: bfloat16/float16 files round 0.1 (to 0.10009 / 0.09998); another weight (0.2) still fails.
+DERIVED = (Derived("criterion.empty_weight", empty_weight, lambda preset: ["criterion.empty_weight"],
+                   lambda preset: f"no_object_weight {preset.no_object_weight} (last entry)", rtol=1e-2),)

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from torch_reference import class_metadata
+from mfport.core.labels import get_label_set
 
-# Classes the generator draws (names of coco_panoptic_133 / ade20k_150); the rest of the set is absent.
+# Classes the generator draws (short names in coco_panoptic_133 / ade20k_150); the rest of the set is absent.
 STUFF = {"coco_panoptic_133": ("sky-other-merged", "grass-merged", "wall-other-merged", "road", "sea"),
          "ade20k_150": ("sky", "grass", "wall", "road", "sea")}
 THINGS = {"coco_panoptic_133": ("person", "car", "dog", "bottle"),
@@ -111,8 +111,8 @@ def write_synthetic_coco_panoptic(root: str | os.PathLike[str], split: str = "tr
     through a fixed draw, so train and val splits written with different seeds share them."""
     if dataset not in STUFF:
         raise ValueError(f"dataset: unknown {dataset!r}; choose from {', '.join(STUFF)}")
-    classes = class_metadata.DATASETS[dataset]
-    source_ids = classes.source_ids()
+    classes = get_label_set(dataset)
+    source_ids = classes.category_ids
     stuff, things = STUFF[dataset], THINGS[dataset]
     looks = dict(zip(stuff + things, _class_look(np.random.default_rng(1234), len(stuff) + len(things)),
                      strict=True))
@@ -136,7 +136,7 @@ def write_synthetic_coco_panoptic(root: str | os.PathLike[str], split: str = "tr
         for segment in segments:
             region = ids == segment["id"]
             infos.append({"id": int(segment["id"] * 7919 + 4096),
-                          "category_id": source_ids[classes.names.index(segment["name"])],
+                          "category_id": source_ids[classes.index_of(segment["name"])],
                           "iscrowd": segment["iscrowd"], "bbox": _bbox(region), "area": int(region.sum())})
         images.append({"id": image_id, "file_name": f"{stem}.jpg", "height": height, "width": width})
         annotations.append({"image_id": image_id, "file_name": f"{stem}.png", "segments_info": infos})

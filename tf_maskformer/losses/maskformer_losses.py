@@ -23,9 +23,9 @@ import numpy as np
 import tensorflow as tf
 from scipy.optimize import linear_sum_assignment
 
-from tf_maskformer.losses.hungarian import hungarian_assignment
-from tf_maskformer.modeling.layers import bilinear_resize_separable, nearest_resize_like_torch
-from torch_reference.presets import MaskFormerPreset
+from mfport.core.presets import MaskFormerPreset
+from mfport.tf_maskformer.losses.hungarian import hungarian_assignment
+from mfport.tf_maskformer.modeling.resize import bilinear_resize_separable, nearest_resize_like_torch
 
 # Compiled on its own so that the solve is one XLA program in eager and graph mode too; inside an
 # XLA-compiled train step it is simply inlined.

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import tf_keras
 
-from tf_maskformer.configs.maskformer import MaskFormerModel
-from tf_maskformer.modeling.maskformer_model import MaskFormer
-from torch_reference.presets import MaskFormerPreset, get_preset
+from mfport.core.presets import MaskFormerPreset, get_preset
+from mfport.tf_maskformer.modeling.maskformer_model import MaskFormer
 
 
-def build_maskformer(spec: str | MaskFormerPreset | MaskFormerModel, build: bool = True,
+def build_maskformer(spec: str | MaskFormerPreset | object, build: bool = True,
                      dtype: str | None = None) -> MaskFormer:
     """A MaskFormer with every variable created (build=True runs one small dummy batch).
 
@@ -24,7 +23,7 @@ def build_maskformer(spec: str | MaskFormerPreset | MaskFormerModel, build: bool
             tf_keras.mixed_precision.set_global_policy(previous)
     if isinstance(spec, str):
         preset = get_preset(spec)
-    elif isinstance(spec, MaskFormerModel):
+    elif hasattr(spec, "to_preset"):  # a Model Garden MaskFormerModel config (not imported: its 39 modules)
         preset = spec.to_preset()
     else:
         preset = spec

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tf_maskformer.modeling.layers import bilinear_resize
-from torch_reference.presets import MaskFormerPreset
+from mfport.core.presets import MaskFormerPreset
+from mfport.tf_maskformer.modeling.resize import bilinear_resize
 
 
 def _resize_masks(masks: tf.Tensor, size: tuple) -> tf.Tensor:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import tensorflow as tf
 import tf_keras
 
-from tf_maskformer.modeling.backbone import ResNet
-from tf_maskformer.modeling.pixel_decoder import build_pixel_decoder
-from tf_maskformer.modeling.transformer_predictor import TransformerPredictor
-from torch_reference.presets import MaskFormerPreset
+from mfport.core.presets import MaskFormerPreset
+from mfport.tf_maskformer.modeling.backbone import build_backbone
+from mfport.tf_maskformer.modeling.pixel_decoder import build_pixel_decoder
+from mfport.tf_maskformer.modeling.transformer_predictor import TransformerPredictor
 
 MIN_INPUT_SIZE = 32  # below one stride-32 cell res5 is empty
 
@@ -57,7 +57,7 @@ class MaskFormer(tf_keras.Model):
     def __init__(self, preset: MaskFormerPreset, **kwargs: object) -> None:
         super().__init__(name=kwargs.pop("name", "maskformer"), **kwargs)
         self.preset = preset
-        self.backbone = ResNet(preset.stage_blocks, preset.norm_eps, name="backbone")
+        self.backbone = build_backbone(preset)
         self.sem_seg_head = MaskFormerHead(preset, name="sem_seg_head")
 
     def padded_size(self, height: tf.Tensor | int, width: tf.Tensor | int) -> tuple:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import tensorflow as tf
 import tf_keras
 
-from tf_maskformer.modeling.layers import Conv2DNormAct, group_norm, nearest_resize_like_torch
-from tf_maskformer.modeling.position_encoding import sine_position_encoding
-from tf_maskformer.modeling.taps import tap
-from tf_maskformer.modeling.transformer_layers import TransformerEncoderLayer
-from torch_reference.presets import MaskFormerPreset
+from mfport.core.presets import MaskFormerPreset
+from mfport.tf_maskformer.modeling.layers import Conv2DNormAct, group_norm
+from mfport.tf_maskformer.modeling.position_encoding import sine_position_encoding
+from mfport.tf_maskformer.modeling.resize import nearest_resize_like_torch
+from mfport.tf_maskformer.modeling.taps import tap
+from mfport.tf_maskformer.modeling.transformer_layers import TransformerEncoderLayer
 
 IN_FEATURES = ("res2", "res3", "res4", "res5")
 

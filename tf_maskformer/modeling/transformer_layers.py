@@ -9,7 +9,7 @@ from __future__ import annotations
 import tensorflow as tf
 import tf_keras
 
-from tf_maskformer.modeling.layers import layer_norm
+from mfport.tf_maskformer.modeling.layers import layer_norm
 
 
 def _attention(d_model: int, nhead: int, dropout: float, name: str) -> tf_keras.layers.MultiHeadAttention:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import tensorflow as tf
 import tf_keras
 
-from tf_maskformer.modeling.layers import Conv2DNormAct, layer_norm
-from tf_maskformer.modeling.position_encoding import sine_position_encoding
-from tf_maskformer.modeling.taps import tap
-from tf_maskformer.modeling.transformer_layers import TransformerDecoderLayer
-from torch_reference.presets import MaskFormerPreset
+from mfport.core.presets import MaskFormerPreset
+from mfport.tf_maskformer.modeling.layers import Conv2DNormAct, layer_norm
+from mfport.tf_maskformer.modeling.position_encoding import sine_position_encoding
+from mfport.tf_maskformer.modeling.taps import tap
+from mfport.tf_maskformer.modeling.transformer_layers import TransformerDecoderLayer
 
 
 class MaskEmbedMLP(tf_keras.layers.Layer):

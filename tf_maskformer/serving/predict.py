@@ -14,13 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-from converter.checkpoint_io import CheckpointError, atomic_write
+from mfport.core.checkpoint_io import atomic_write
+from mfport.core.errors import InputError
 
 
 @dataclasses.dataclass
 class Prediction:
     image: str
-    semantic_map: np.ndarray  # [H, W] class ids
+    network_size: tuple[int, int]  # the size the network ran at (after the test-time resize)
+    semantic_map: np.ndarray  # [H, W] class ids, at the image's own size
     panoptic_map: np.ndarray  # [H, W] segment ids, 0 = void
     segments: list[dict[str, object]]
     outputs: list[str]
@@ -33,9 +35,9 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
         with Image.open(path) as img:
             return np.asarray(img.convert("RGB"))
     except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such image") from None
+        raise InputError(f"{path}: no such image") from None
     except (UnidentifiedImageError, OSError) as err:
-        raise CheckpointError(f"{path}: not a readable PNG/JPEG image ({err})") from None
+        raise InputError(f"{path}: not a readable PNG/JPEG image ({err})") from None
 
 
 def class_colors(num_classes: int) -> np.ndarray:
@@ -70,44 +72,51 @@ def _overlay_png(path: Path, image: np.ndarray, label_map: np.ndarray, legend: l
 
 
 def predict_images(model_dir: str, images: list[str], output_dir: str, object_mask_threshold: float | None = None,
-                   overlap_threshold: float | None = None) -> list[Prediction]:
+                   overlap_threshold: float | None = None, resize: bool = True, min_size: int | None = None,
+                   max_size: int | None = None) -> list[Prediction]:
+    """Segment image files as the original predictor does: the preset's shortest-edge resize (PIL bilinear on
+    uint8, as detectron2's DefaultPredictor), the network, maps resized back to each image's size."""
     import tensorflow as tf
     from PIL import Image
 
-    from converter.convert import load_tf_model
-    from tf_maskformer.modeling.inference import postprocess
+    from mfport.core.preprocessing import resize_like_predictor
+    from mfport.tf_maskformer.modeling.inference import postprocess
+    from mfport.tf_maskformer.serving.model_dir import load_converted_model
 
-    model = load_tf_model(model_dir)
+    model = load_converted_model(model_dir)
     preset = model.preset
-    names = preset.class_names
-    colors = class_colors(preset.num_classes)
+    labels = preset.labels
+    short_edge, longest = min_size or preset.test_min_size, max_size or preset.test_max_size
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     predictions = []
     for image_path in images:
         image = read_image(image_path)
-        batch = tf.constant(image[None], tf.float32)
+        network_input = resize_like_predictor(image, short_edge, longest) if resize else image
+        batch = tf.constant(network_input[None], tf.float32)
         padded = model.preprocess(batch)
         outputs = model(padded, training=False)
-        result = postprocess(outputs, preset, tuple(padded.shape[1:3]), image.shape[:2],
-                             object_mask_threshold=object_mask_threshold, overlap_threshold=overlap_threshold)
+        result = postprocess(outputs, preset, tuple(padded.shape[1:3]), network_input.shape[:2],
+                             output_size=image.shape[:2], object_mask_threshold=object_mask_threshold,
+                             overlap_threshold=overlap_threshold)
         semantic = result["semantic_map"][0].numpy()
         panoptic = result["panoptic_seg"][0].numpy()
         segment_id, category, area = (result[k][0].numpy() for k in ("segment_id", "category", "area"))
-        segments = [{"id": int(segment_id[q]), "category_id": int(category[q]), "category": names[int(category[q])],
-                     "isthing": int(category[q]) in preset.thing_ids, "area": int(area[q])}
-                    for q in np.argsort(segment_id) if area[q] > 0]
+        segments = [{"id": int(segment_id[q]), "category_id": int(category[q]),
+                     "category": labels.names[int(category[q])], "isthing": int(category[q]) in preset.thing_ids,
+                     "area": int(area[q])} for q in np.argsort(segment_id) if area[q] > 0]
         stem = Path(image_path).stem
         written = []
-        present = [int(c) for c in np.unique(semantic)]
-        legend = [(names[c] if c in present else "", colors[c]) for c in range(preset.num_classes)]
+        present = {int(c) for c in np.unique(semantic)}
+        colors = np.asarray(labels.colors, np.uint8)
+        legend = [(labels.short_name(c) if c in present else "", colors[c]) for c in range(preset.num_classes)]
         _overlay_png(out / f"{stem}_semantic.png", image, semantic, legend, f"{stem}: semantic ({preset.name})")
         atomic_write(out / f"{stem}_semantic_map.png",
                      lambda tmp, s=semantic: Image.fromarray(s.astype(np.uint16)).save(tmp, format="PNG"))
         written += [f"{stem}_semantic.png", f"{stem}_semantic_map.png"]
         segment_colors = class_colors(len(segments) + 7)[7:]  # one colour per segment: instances differ
         seg_legend = [("", np.zeros(3, np.uint8))] + [
-            (f"{s['id']}: {s['category']}", segment_colors[i]) for i, s in enumerate(segments)]
+            (f"{s['id']}: {labels.short_name(s['category_id'])}", segment_colors[i]) for i, s in enumerate(segments)]
         _overlay_png(out / f"{stem}_panoptic.png", image, panoptic, seg_legend,
                      f"{stem}: panoptic, {len(segments)} segment{'' if len(segments) == 1 else 's'} ({preset.name})")
         rgb = np.stack([panoptic % 256, panoptic // 256 % 256, panoptic // 65536], axis=-1).astype(np.uint8)
@@ -115,5 +124,6 @@ def predict_images(model_dir: str, images: list[str], output_dir: str, object_ma
         atomic_write(out / f"{stem}_segments.json",
                      lambda tmp, s=segments: Path(tmp).write_text(json.dumps({"segments_info": s}, indent=1)))
         written += [f"{stem}_panoptic.png", f"{stem}_panoptic_map.png", f"{stem}_segments.json"]
-        predictions.append(Prediction(str(image_path), semantic, panoptic, segments, written))
+        predictions.append(Prediction(str(image_path), tuple(network_input.shape[:2]), semantic, panoptic, segments,
+                                      written))
     return predictions

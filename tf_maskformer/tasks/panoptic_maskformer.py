@@ -12,7 +12,6 @@ reduce_aggregated_logs reports them).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import tensorflow as tf
@@ -22,35 +21,39 @@ from official.core import base_task, task_factory
 from official.vision.dataloaders import input_reader_factory
 from official.vision.evaluation import panoptic_quality
 
-import tf_maskformer.optimization  # noqa: F401  (registers the "maskformer_adamw" optimizer)
-from tf_maskformer.configs import maskformer as exp_cfg
-from tf_maskformer.dataloaders.maskformer_input import Decoder, Parser
-from tf_maskformer.losses.maskformer_losses import LOSS_TERMS, MaskFormerLoss
-from tf_maskformer.modeling.factory import build_maskformer
-from tf_maskformer.modeling.inference import postprocess
+import mfport.tf_maskformer.optimization  # noqa: F401  (registers the "maskformer_adamw" optimizer)
+from mfport.core.errors import MfportError
+from mfport.core.model_dir import MANIFEST, TF_CHECKPOINT, Manifest
+from mfport.tf_maskformer.configs import maskformer as exp_cfg
+from mfport.tf_maskformer.dataloaders.maskformer_input import Decoder, Parser
+from mfport.tf_maskformer.losses.maskformer_losses import LOSS_TERMS, MaskFormerLoss
+from mfport.tf_maskformer.modeling.factory import build_maskformer
+from mfport.tf_maskformer.modeling.inference import postprocess
 
 
-class InitCheckpointError(ValueError):
+class InitCheckpointError(MfportError):
     """An init checkpoint that does not fit the model; the message names the file and the problem."""
 
 
-def resolve_init_checkpoint(path: str) -> tuple[str, dict | None]:
+def resolve_init_checkpoint(path: str) -> tuple[str, Manifest | None]:
     """A converted model directory (manifest.json + tf_checkpoint/) or a TF checkpoint prefix/directory."""
     candidate = Path(path)
     manifest = None
-    if (candidate / "manifest.json").is_file():
-        manifest = json.loads((candidate / "manifest.json").read_text())
-        candidate = candidate / "tf_checkpoint"
+    if (candidate / MANIFEST).is_file():
+        manifest = Manifest.read(candidate)
+        candidate = candidate / TF_CHECKPOINT
     if candidate.is_dir():
         found = tf.train.latest_checkpoint(str(candidate))
         if found is None:
             indexes = sorted(candidate.glob("*.index"))
             found = str(indexes[-1].with_suffix("")) if indexes else None
         if found is None:
-            raise InitCheckpointError(f"{path}: no TF checkpoint inside (expected tf_checkpoint/ckpt*.index)")
+            raise InitCheckpointError(f"{path}: no TF checkpoint inside (expected {TF_CHECKPOINT}/ckpt*.index)",
+                                      parameter="init_checkpoint")
         return found, manifest
     if not Path(str(candidate) + ".index").is_file():
-        raise InitCheckpointError(f"{path}: neither a converted model directory nor a TF checkpoint prefix")
+        raise InitCheckpointError(f"{path}: neither a converted model directory nor a TF checkpoint prefix",
+                                  parameter="init_checkpoint")
     return str(candidate), manifest
 
 
@@ -76,13 +79,12 @@ class PanopticMaskFormerTask(base_task.Task):
         if not path:
             return
         prefix, manifest = resolve_init_checkpoint(path)
-        if manifest is not None:
-            source = manifest.get("architecture", {})
-            classes = source.get("num_classes") if isinstance(source, dict) else None
-            if classes is not None and classes != self.preset.num_classes \
-                    and self.task_config.init_checkpoint_modules == "all":
+        if manifest is not None and self.task_config.init_checkpoint_modules == "all":
+            classes = manifest.preset.num_classes
+            if classes != self.preset.num_classes:
                 raise InitCheckpointError(f"{path}: converted with {classes} classes, the model has "
-                                          f"{self.preset.num_classes}; use init_checkpoint_modules=backbone")
+                                          f"{self.preset.num_classes}; use init_checkpoint_modules=backbone",
+                                          parameter="init_checkpoint")
         modules = self.task_config.init_checkpoint_modules
         if modules == "all":
             status = tf.train.Checkpoint(model=model).read(prefix)
@@ -159,7 +161,10 @@ class PanopticMaskFormerTask(base_task.Task):
         images, labels = inputs
         normalisers = self.criterion.normalisers(self._targets(labels), self.preset.num_queries)
         if self._compiled_gradients is None:
-            self._compiled_gradients = tf.function(self._gradients, jit_compile=self.task_config.jit_compile)
+            # autograph off: the step has no data-dependent Python control flow (the matcher builds its own
+            # tf.while_loop), and tracing the whole model with it takes about twice as long.
+            self._compiled_gradients = tf.function(self._gradients, jit_compile=self.task_config.jit_compile,
+                                                   autograph=False)
         grads, total, losses = self._compiled_gradients(model, images, labels, normalisers)
         optimizer.apply_gradients(list(zip(grads, model.trainable_variables, strict=True)))
         self._update_loss_metrics(metrics, total, losses, labels)

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from converter.checkpoint_io import Checkpoint, CheckpointError
+from mfport.core.checkpoint_io import Checkpoint
+from mfport.core.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from mfport.core.huggingface import LiveState
 
 HEAD = "sem_seg_head."
 LIVE_PIXEL_DECODER = HEAD + "pixel_decoder."
@@ -33,18 +38,18 @@ def naming_era(keys: object) -> str:
     return "released" if flat else "live" if live else "none"
 
 
-def original_live_state(checkpoint: Checkpoint) -> tuple[dict[str, np.ndarray], str]:
-    """A checkpoint's tensors under the original's live names, and the naming they came in:
-    "released", "live", "none" or "huggingface" (mapped through converter/mappings/huggingface.py)."""
-    from converter.mappings.huggingface import from_hf_state, is_hf_state  # it builds on this module
+def original_live_state(checkpoint: Checkpoint) -> LiveState:
+    """A checkpoint's tensors under the original's live names, the naming they came in ("released", "live",
+    "none" or "huggingface", mapped through core/huggingface.py) and the source keys dropped on the way."""
+    from mfport.core.huggingface import LiveState, from_hf_state, is_hf_state  # it builds on this module
 
     if is_hf_state(checkpoint.tensors):
-        return from_hf_state(checkpoint.tensors, checkpoint.path), "huggingface"
+        return from_hf_state(checkpoint.tensors, checkpoint.path)
     era = naming_era(checkpoint.tensors)
     if era == "mixed":
         raise CheckpointError(f"{checkpoint.path}: mixes released (flat) and live (pixel_decoder.) head names; "
                               "a checkpoint uses one or the other")
-    return {to_live(k): v for k, v in checkpoint.tensors.items()}, era
+    return LiveState({to_live(k): v for k, v in checkpoint.tensors.items()}, era)
 
 
 def to_live(key: str) -> str:

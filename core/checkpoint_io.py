@@ -22,10 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-class CheckpointError(Exception):
-    """A checkpoint that cannot be read or does not fit; str() is a one-line message."""
-
+from mfport.core.errors import CheckpointError, require_torch
 
 # Everything a model-zoo pickle may reference: numpy's array reconstruction under both numpy 1.x
 # and 2.x module names, its dtype/ndarray/scalar classes, OrderedDict, and _codecs.encode (protocol-2
@@ -224,7 +221,7 @@ def _read_pickle(path: Path) -> object:
 
 
 def _read_torch(path: Path) -> object:
-    import torch
+    torch = require_torch(f"reading the torch file {path}")
 
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -294,3 +291,12 @@ def write_detectron2_pickle(path: str | os.PathLike[str], tensors: dict[str, np.
             pickle.dump(payload, f, protocol=4)
 
     atomic_write(path, write)
+
+
+def nonfinite_counts(tensors: dict[str, np.ndarray]) -> dict[str, int]:
+    """Per tensor holding NaN or infinite values, how many."""
+    counts = {}
+    for key, value in tensors.items():
+        if value.dtype.kind in "fc" and not np.isfinite(value).all():
+            counts[key] = int(value.size - np.count_nonzero(np.isfinite(value)))
+    return counts
