@@ -243,6 +243,28 @@ def cmd_parity(args: argparse.Namespace) -> int:
     return EXIT_OK if result.passed else EXIT_INPUT_ERROR
 
 
+def cmd_training_parity(args: argparse.Namespace) -> int:
+    from mfport.core.errors import require_torch
+
+    require_torch("mfport training-parity (it trains the PyTorch reference)")
+    from rich.progress import Progress
+
+    from mfport.parity.report import render_curve_console, write_curve_reports
+    from mfport.parity.training_curve import CurveOptions, run_training_curve
+
+    options = CurveOptions(checkpoint=args.checkpoint, preset=args.preset, train_data=args.train_data,
+                           steps=args.steps, batch=args.batch, image_size=tuple(args.image_size),
+                           report_dir=args.report_dir)
+    with Progress(console=console(), transient=True) as bar:
+        task = bar.add_task("fine-tuning both models", total=1.0)
+        curve = run_training_curve(options, lambda what, done: bar.update(task, completed=done,
+                                                                          description=f"fine-tuning: {what}"))
+    paths = write_curve_reports(curve, args.report_dir or f"reports/training_parity_{curve.preset}")
+    render_curve_console(curve, console())
+    console().print(f"reports: {', '.join(str(p) for p in paths.values())}")
+    return EXIT_OK if curve.passed else EXIT_INPUT_ERROR
+
+
 def cmd_synthetic_data(args: argparse.Namespace) -> int:
     from mfport.tf_maskformer.dataloaders.synthetic_coco_panoptic import write_synthetic_coco_panoptic
 
@@ -275,7 +297,9 @@ def _training_params(args: argparse.Namespace) -> object:
     if args.val_data:
         overrides["task"]["validation_data"] = {"input_path": args.val_data}
     if getattr(args, "steps", None):
+        # detectron2's MAX_ITER is the run's length and the poly schedule's: the lr reaches 0 at the last step.
         overrides["trainer"]["train_steps"] = args.steps
+        overrides["trainer"]["optimizer_config"] = {"learning_rate": {"polynomial": {"decay_steps": args.steps}}}
     if getattr(args, "mixed_bfloat16", False):
         overrides["runtime"]["mixed_precision_dtype"] = "bfloat16"
     if args.tpu:
@@ -291,6 +315,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from mfport.tf_maskformer import train
 
     params = _training_params(args)
+    required = _requirements(args.require or [])
+    if required and not args.evaluate:
+        raise UserError("--require needs --evaluate (it checks the evaluation's metrics)")
     logs = train.run(params, args.model_dir, mode="train_and_eval" if args.evaluate else "train")
     if args.loss_curve:
         from mfport.tf_maskformer.summaries import plot_loss_curve
@@ -299,7 +326,23 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"loss curve: {png}")
     if logs:
         print(json.dumps(logs, indent=1))
+    for metric, minimum in required.items():
+        if metric not in logs:
+            raise UserError(f"--require {metric}: the evaluation has no such metric ({', '.join(sorted(logs))})")
+        if logs[metric] < minimum:
+            raise UserError(f"--require {metric}={minimum:g}: the evaluation gave {logs[metric]:.4f}")
     return EXIT_OK
+
+
+def _requirements(items: list[str]) -> dict[str, float]:
+    required = {}
+    for item in items:
+        metric, _, value = item.partition("=")
+        try:
+            required[metric] = float(value)
+        except ValueError:
+            raise UserError(f"--require {item!r}: expected METRIC=MINIMUM, e.g. panoptic_pq=0.8") from None
+    return required
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -385,6 +428,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_parity)
 
+    p = sub.add_parser("training-parity", help="fine-tune the PyTorch reference and the TF model side by side, "
+                                               "step by step, from one checkpoint")
+    p.add_argument("checkpoint")
+    p.add_argument("--preset")
+    p.add_argument("--train-data", help="TFRecord glob (default: a synthetic set in the checkpoint's label set)")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--image-size", type=int, nargs=2, default=[128, 128], metavar=("H", "W"))
+    p.add_argument("--report-dir", help="default reports/training_parity_<preset>")
+    p.set_defaults(func=cmd_training_parity)
+
     p = sub.add_parser("sample-images", help="write seeded real-looking PNG images (demo and test inputs)")
     p.add_argument("-o", "--output", required=True, help="output directory")
     p.add_argument("--seed", type=int, default=0)
@@ -443,10 +497,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="fine-tune on the Model Garden trainer (resumes from --model-dir)")
     _add_training_flags(p)
     p.add_argument("--init-from", help="a directory written by mfport convert (task.init_checkpoint)")
-    p.add_argument("--steps", type=int, help="trainer.train_steps")
+    p.add_argument("--steps", type=int, help="trainer.train_steps and the poly schedule's decay_steps (MAX_ITER)")
     p.add_argument("--mixed-bfloat16", action="store_true", help="runtime.mixed_precision_dtype=bfloat16")
     p.add_argument("--evaluate", action="store_true", help="train_and_eval instead of train")
     p.add_argument("--loss-curve", help="write the loss curve PNG here at the end")
+    p.add_argument("--require", action="append", metavar="METRIC=MIN",
+                   help="fail (exit 1) unless the final evaluation reaches it, e.g. panoptic_pq=0.8 (repeatable)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="panoptic quality and mIoU of the newest checkpoint in --model-dir")

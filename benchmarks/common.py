@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -20,6 +19,8 @@ def pin_threads(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
+    if tf.config.threading.get_intra_op_parallelism_threads() == threads:
+        return  # set by an earlier benchmark of this process (TF refuses changes once it runs)
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
 
@@ -31,22 +32,6 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> dict[str, float]:
         fn()
         times.append(time.perf_counter() - start)
     return {"median_s": statistics.median(times), "min_s": min(times), "runs": repeats}
-
-
-def model_benchmark_main(name: str, run: Callable[..., dict[str, object]], description: str,
-                         argv: list[str] | None, batch: int, repeats: int) -> dict[str, object]:
-    """A model benchmark's command line (preset, input size, batch, threads, interleaved rounds):
-    run(preset, height, width, batch, threads, repeats), written to results/NAME.json and returned."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--preset", default="r50_6enc_coco_panoptic")
-    parser.add_argument("--size", type=int, nargs=2, default=[512, 512])
-    parser.add_argument("--batch", type=int, default=batch)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=repeats)
-    args = parser.parse_args(argv)
-    result = run(args.preset, *args.size, args.batch, args.threads, args.repeats)
-    write_result(name, result)
-    return result
 
 
 def interleaved_medians(modes: dict[str, Callable[[], object]], repeats: int) -> dict[str, dict[str, float]]:
@@ -67,8 +52,11 @@ def environment() -> dict[str, object]:
     import tensorflow as tf
     import torch
 
-    return {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
-            "torch": torch.__version__, "tensorflow": tf.__version__, "numpy": numpy.__version__}
+    from mfport.core.environment import cpu_model, kernel_settings
+
+    return {"python": platform.python_version(), "machine": platform.machine(), "cpu_model": cpu_model(),
+            "cpus": os.cpu_count(), "kernel_settings": kernel_settings(), "torch": torch.__version__,
+            "tensorflow": tf.__version__, "numpy": numpy.__version__}
 
 
 def write_result(name: str, payload: dict[str, object]) -> Path:

@@ -81,10 +81,11 @@ class CheckpointSummary:
 
 def inspect_checkpoint(path: str | os.PathLike[str], dataset: str | None = None,
                        class_names: str | None = None) -> CheckpointSummary:
+    labels = labels_for(dataset, class_names)
     checkpoint = read_checkpoint(path)
     live = original_live_state(checkpoint)
     state, era = live.tensors, live.naming
-    preset = resolve_preset(state, None, checkpoint.path, labels_for(dataset, class_names))
+    preset = resolve_preset(state, None, checkpoint.path, labels)
     return CheckpointSummary(
         path=str(path), format=checkpoint.format, naming_era=era, architecture=detect_architecture(state),
         preset=preset, tensor_count=len(state), parameter_count=parameter_count(state),

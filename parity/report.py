@@ -13,6 +13,7 @@ from pathlib import Path
 from mfport.core.checkpoint_io import atomic_write
 from mfport.parity.results import Comparison, ParityResult, RowKind, TapRow, Verdict, to_jsonable
 from mfport.parity.training import GRADIENT_COSINE_BOUND, failing_gradient_context
+from mfport.parity.training_curve import TrainingCurve
 
 SCHEMA_VERSION = 2  # 2: typed rows, float64 context, the band rule's bounds, inference rows apart from taps
 
@@ -168,24 +169,28 @@ def headline(result: ParityResult) -> str:
 
 # Renderers ----------------------------------------------------------------------------------------------------
 
-def render_console(result: ParityResult, console: object) -> None:
+def _print_table(table: Table, console: object, title: str | None = None) -> None:
     from rich.table import Table as RichTable
 
+    shown = table.console_columns if table.console_columns is not None else list(range(len(table.columns)))
+    rich_table = RichTable(title=title or table.title)
+    for index in shown:
+        rich_table.add_column(table.columns[index], overflow="fold")
+    for row in table.rows:
+        failed = any(cell.verdict is Verdict.FAIL for cell in row)
+        rich_table.add_row(*[row[i].text for i in shown], style="bold red" if failed else None)
+    console.print(rich_table)
+    if table.note:
+        console.print(table.note)
+
+
+def render_console(result: ParityResult, console: object) -> None:
     for position, table in enumerate(tables(result)):
-        shown = table.console_columns if table.console_columns is not None else list(range(len(table.columns)))
-        if not shown:  # a one-line summary (the config lint)
+        if table.console_columns == []:  # a one-line summary (the config lint)
             differing = [row[0].text for row in table.rows if row[-1].verdict is Verdict.FAIL]
             console.print(f"{table.title}: {'all same' if not differing else 'DIFFERENT: ' + ', '.join(differing)}")
             continue
-        rich_table = RichTable(title=headline(result) if position == 0 else table.title)
-        for index in shown:
-            rich_table.add_column(table.columns[index], overflow="fold")
-        for row in table.rows:
-            failed = any(cell.verdict is Verdict.FAIL for cell in row)
-            rich_table.add_row(*[row[i].text for i in shown], style="bold red" if failed else None)
-        console.print(rich_table)
-        if table.note:
-            console.print(table.note)
+        _print_table(table, console, headline(result) if position == 0 else None)
 
 
 def render_markdown(result: ParityResult, meta: dict[str, object]) -> str:
@@ -304,3 +309,74 @@ def write_reports(result: ParityResult, directory: str | Path, meta: dict[str, o
 
 def rows_by_kind(result: ParityResult, kind: RowKind) -> list[TapRow]:
     return [r for r in result.rows if r.kind is kind]
+
+
+# Training-curve parity (mfport training-parity) ----------------------------------------------------------------
+def curve_table(curve: TrainingCurve) -> Table:
+    every = max(1, curve.steps // 10)
+    shown = [r for r in curve.rows if r.step % every == 0 or r.step == curve.steps - 1]
+    rows = [[Cell(str(r.step)), Cell(f"{r.learning_rate:.3g}"), Cell(f"{r.torch_loss:.6g}"), Cell(f"{r.tf_loss:.6g}"),
+             Cell(_error(r.tf_drift)), Cell(_error(r.float32_drift))] for r in shown]
+    tf_drift, own = curve.loss_drift
+    rows.append([Cell("max"), Cell(""), Cell(""), Cell(""), Cell(_error(tf_drift), curve.loss_verdict),
+                 Cell(_error(own))])
+    height, width = curve.image_size
+    return Table(f"loss per step ({curve.steps} steps, batch {curve.batch}, {height}x{width})",
+                 ["step", "lr", "PyTorch", "TF", "TF vs PyTorch", f"PyTorch {curve.threads[1]} vs {curve.threads[0]} "
+                  "thread(s)"], rows)
+
+
+def parameter_table(curve: TrainingCurve, worst: int = 8) -> Table:
+    ranked = sorted(curve.parameters, key=lambda p: p.tf_drift / p.bound, reverse=True)[:worst]
+    rows = [[Cell(p.name), Cell(_error(p.moved)), Cell(_error(p.tf_drift), p.verdict), Cell(_error(p.float32_drift)),
+             Cell(_error(p.bound))] for p in ranked]
+    failing = sum(not p.verdict.ok for p in curve.parameters)
+    return Table(f"parameters after the last step: the {len(ranked)} of {len(curve.parameters)} furthest from their "
+                 f"band ({failing} outside)", ["parameter", "moved", "TF vs PyTorch", "PyTorch vs itself", "band"],
+                 rows, note="drift = max |other - PyTorch| / max |PyTorch - start|; the band: the largest of "
+                            f"{curve.band_factor:g} x PyTorch's own drift, 1e-4, and steps x the float32 spacing "
+                            "of the tensor's values over how far it moved")
+
+
+def _curve_png(curve: TrainingCurve) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r.step for r in curve.rows]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
+    left.plot(steps, [r.torch_loss for r in curve.rows], label="PyTorch reference", lw=2.2, color="#1f77b4")
+    left.plot(steps, [r.tf_loss for r in curve.rows], label="TensorFlow (mfport)", lw=1.2, ls="--", color="#d62728")
+    left.set(xlabel="step", ylabel="total loss (weighted, with aux layers)", title=f"{curve.preset}: fine-tuning loss")
+    left.legend()
+    right.semilogy(steps, [max(r.tf_drift, 1e-12) for r in curve.rows], label="TF vs PyTorch", color="#d62728")
+    right.semilogy(steps, [max(r.float32_drift, 1e-12) for r in curve.rows],
+                   label=f"PyTorch {curve.threads[1]} vs {curve.threads[0]} thread(s) (float32's own)", color="#7f7f7f")
+    right.set(xlabel="step", ylabel="|loss difference| / loss", title="drift per step")
+    right.legend()
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def render_curve_console(curve: TrainingCurve, console: object) -> None:
+    tf_drift, own = curve.loss_drift
+    verdict = "PASS" if curve.passed else "FAIL"
+    _print_table(curve_table(curve), console,
+                 f"{verdict}: training-curve parity, {curve.preset} "
+                 f"(loss drift {tf_drift:.2e}, float32's own {own:.2e})")
+    _print_table(parameter_table(curve), console)
+
+
+def write_curve_reports(curve: TrainingCurve, directory: str | Path) -> dict[str, Path]:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {"json": directory / "training_curve.json", "png": directory / "training_curve.png"}
+    payload = {"schema_version": 1, "passed": curve.passed, **to_jsonable(curve)}
+    atomic_write(paths["json"], lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=1)))
+    png = _curve_png(curve)
+    atomic_write(paths["png"], lambda tmp: Path(tmp).write_bytes(png))
+    return paths

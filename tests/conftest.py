@@ -115,6 +115,40 @@ def converted_dir(seeded_checkpoint, tmp_path_factory: pytest.TempPathFactory):
     return make
 
 
+INPUT = 64  # the tiny model trains on 64x64 crops
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The synthetic COCO panoptic set (8 train, 4 val images) and its records, two shards per split."""
+    from mfport.tf_maskformer.dataloaders.coco_panoptic_tfrecords import write_panoptic_tfrecords
+    from mfport.tf_maskformer.dataloaders.synthetic_coco_panoptic import write_synthetic_coco_panoptic
+
+    root = tmp_path_factory.mktemp("synthetic")
+    for split, count, seed in (("train", 8, 0), ("val", 4, 1)):
+        path = write_synthetic_coco_panoptic(root, split, count, seed=seed)
+        write_panoptic_tfrecords(root / f"{split}2017", path, root / "annotations" / f"panoptic_{split}2017",
+                                 root / "records", prefix=split, num_shards=2)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny(converted_dir, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(converted directory, experiment YAML) of the tiny custom architecture: its task.model spelled out as the
+    Model Garden config takes it, 64x64 crops, few segments."""
+    import yaml
+
+    from mfport.tf_maskformer.configs.maskformer import model_config
+
+    preset = tiny_preset()
+    config = model_config(preset, [INPUT, INPUT]).as_dict()
+    yaml_path = tmp_path_factory.mktemp("tiny") / "tiny.yaml"
+    yaml_path.write_text(yaml.safe_dump({
+        "task": {"model": config, "train_data": {"max_segments": 8}, "validation_data": {"max_segments": 8}},
+        "trainer": {"validation_steps": 2}}))
+    return converted_dir(preset), yaml_path
+
+
 @pytest.fixture(scope="session")
 def models(seeded_checkpoint):
     """models(preset or name, seed=0, attention="default") -> (PyTorch reference, converted TF model), built once

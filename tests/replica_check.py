@@ -1,7 +1,8 @@
 """Run as a script (TF must configure its devices first): one train step of the same global batch under the
 default strategy and under MirroredStrategy over N logical CPUs (SGD, lr 1: the step is minus the
 gradient); prints JSON with both losses, the largest gradient and the largest difference of the two
-strategies' steps. Optional: --bfloat16 runs one mixed_bfloat16 step as well."""
+strategies' steps. Arguments: a records glob, an experiment YAML (the model), optionally --bfloat16 for one
+mixed_bfloat16 step as well."""
 
 from __future__ import annotations
 
@@ -46,16 +47,16 @@ def one_step(strategy: tf.distribute.Strategy, params: object, batch: tuple, ini
 
 
 def main() -> None:
-    records = sys.argv[1]
+    records, config = sys.argv[1], sys.argv[2]
     bfloat16 = "--bfloat16" in sys.argv
     # Fixed initial weights and input order: with a fresh random model per run, a near-tie in the matching
     # costs flipped an assignment between the two strategies now and then (float summation order), and
     # the two steps then differ by far more than rounding (seen once: 109 against a step of 1.4e5).
     tf_keras.utils.set_random_seed(0)
-    params = build_params("maskformer_synthetic_smoke", params_override=(
-        f"task.train_data.input_path={records},task.model.dropout=0.0,task.model.input_size=[64, 64],"
+    params = build_params("maskformer_synthetic_smoke", [config], params_override=(
+        f"task.train_data.input_path={records},task.model.dropout=0.0,task.model.backbone.swin.drop_path_rate=0.0,"
+        "task.jit_compile=false,"
         "task.train_data.aug_rand_hflip=false,task.train_data.aug_scale_min=1.0,task.train_data.aug_scale_max=1.0,"
-        "task.train_data.max_segments=8,"
         # Plain SGD at lr 1 without clipping: the weight change IS the all-reduced gradient, so the two
         # strategies' gradients are compared directly (Adam's g / (|g| + eps) would amplify rounding).
         "trainer.optimizer_config.optimizer.type=sgd,trainer.optimizer_config.optimizer.sgd.momentum=0.0,"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -13,40 +14,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import mfport_command
+import tf_keras
+import yaml
+from conftest import mfport_command, one_line_error, run_cli
 from PIL import Image
 
+from mfport.core.errors import MfportError
 from mfport.core.presets import PIXEL_MEAN, PIXEL_STD
-from mfport.tf_maskformer.dataloaders.coco_panoptic_tfrecords import read_label_map, write_panoptic_tfrecords
+from mfport.tf_maskformer.dataloaders.coco_panoptic_tfrecords import read_label_map
 from mfport.tf_maskformer.dataloaders.maskformer_input import Decoder, Parser
-from mfport.tf_maskformer.dataloaders.synthetic_coco_panoptic import write_synthetic_coco_panoptic
 from mfport.tf_maskformer.optimization import MaskFormerAdamW
+from mfport.tf_maskformer.summaries import read_scalars
 from mfport.tf_maskformer.tasks.panoptic_maskformer import panoptic_prediction
-from mfport.tf_maskformer.train import build_params, read_scalars
+from mfport.tf_maskformer.train import build_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_mfport(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*mfport_command(), *args], capture_output=True, text=True, timeout=900)
-
-
-@pytest.fixture(scope="module")
-def converted_model_dir(seeded_checkpoint, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("converted") / "model"
-    result = run_mfport("convert", str(seeded_checkpoint("r50_6enc_coco_panoptic")), "-o", str(out))
-    assert result.returncode == 0, result.stderr
-    return out
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("synthetic")
-    for split, count, seed in (("train", 10, 0), ("val", 4, 1)):
-        path = write_synthetic_coco_panoptic(root, split, count, seed=seed)
-        write_panoptic_tfrecords(root / f"{split}2017", path, root / "annotations" / f"panoptic_{split}2017",
-                                 root / "records", prefix=split, num_shards=2)
-    return root
+def run_mfport(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The command in a process of its own (what a kill, or TF's device set-up, needs)."""
+    return subprocess.run([*mfport_command(), *map(str, args)], capture_output=True, text=True, timeout=900,
+                          env={**os.environ, **(env or {})})
 
 
 def test_label_map_is_generated_from_the_categories(dataset: Path) -> None:
@@ -134,46 +122,104 @@ def test_train_parser_augments_consistently(dataset: Path) -> None:
 def test_make_tfrecords_errors_name_the_file(dataset: Path, tmp_path: Path) -> None:
     bad_json = tmp_path / "bad.json"
     bad_json.write_text("not json")
-    result = run_mfport("make-tfrecords", "--images", str(dataset / "train2017"), "--panoptic-json",
-                            str(bad_json), "--panoptic-dir", str(tmp_path), "-o", str(tmp_path / "out"))
-    assert result.returncode == 1 and str(bad_json) in result.stderr and len(result.stderr.strip().splitlines()) == 1
-    result = run_mfport("make-tfrecords", "--images", str(dataset / "train2017"), "--panoptic-json",
-                            str(dataset / "annotations" / "panoptic_train2017.json"), "--panoptic-dir", str(tmp_path),
-                            "-o", str(tmp_path / "out"))
-    assert result.returncode == 1 and ".png: missing" in result.stderr and not (tmp_path / "out").exists()
-    result = run_mfport("make-tfrecords", "--images", str(dataset / "train2017"), "--panoptic-json",
-                            str(dataset / "annotations" / "panoptic_train2017.json"), "--panoptic-dir",
-                            str(dataset / "annotations" / "panoptic_train2017"), "-o", str(dataset / "records"))
-    assert result.returncode == 1 and "--force" in result.stderr
+    train_json = dataset / "annotations" / "panoptic_train2017.json"
+    one_line_error(run_cli("make-tfrecords", "--images", dataset / "train2017", "--panoptic-json", bad_json,
+                           "--panoptic-dir", tmp_path, "-o", tmp_path / "out"), str(bad_json))
+    one_line_error(run_cli("make-tfrecords", "--images", dataset / "train2017", "--panoptic-json", train_json,
+                           "--panoptic-dir", tmp_path, "-o", tmp_path / "out"), ".png: missing")
+    assert not (tmp_path / "out").exists()
+    one_line_error(run_cli("make-tfrecords", "--images", dataset / "train2017", "--panoptic-json", train_json,
+                           "--panoptic-dir", dataset / "annotations" / "panoptic_train2017", "-o",
+                           dataset / "records"), "--force")
 
 
-def test_recipe_optimizer_backbone_lr_and_decay_exclusions() -> None:
-    """One AdamW step by hand (numpy): backbone lr x0.1, decoupled decay except on norms."""
+def test_recipe_optimizer_is_torch_adamw_with_the_originals_param_groups() -> None:
+    """Twelve steps against torch.optim.AdamW with detectron2's groups (backbone lr x0.1, no decay on norms), on
+    gradients of 1e-7..1e-5 (what full-model clipping at 0.01 leaves per parameter), where Keras's epsilon-hat
+    placement would be off by up to 25 % of a step; the schedule is the poly decay the recipe configures."""
+    import torch
+
+    rng = np.random.default_rng(0)
     names = ["maskformer/backbone/res2/w", "maskformer/head/w", "maskformer/head/norm/gamma"]
-    variables = [tf.Variable(np.full(3, 2.0, np.float32), name=n) for n in names]
-    grads = [tf.constant([0.5, -1.0, 2.0])] * 3
-    optimizer = MaskFormerAdamW(learning_rate=1e-2, weight_decay_rate=0.5, epsilon=1e-8, gradient_clip_norm=0.0,
+    start = [rng.normal(size=5).astype(np.float32) for _ in names]
+    grads = [[(rng.normal(size=5) * 10.0 ** rng.uniform(-7, -5, size=5)).astype(np.float32) for _ in names]
+             for _ in range(12)]
+    schedule = tf_keras.optimizers.schedules.PolynomialDecay(1e-2, 12, 0.0, power=0.9)
+    variables = [tf.Variable(v, name=n) for n, v in zip(names, start, strict=True)]
+    optimizer = MaskFormerAdamW(learning_rate=schedule, weight_decay_rate=0.5, epsilon=1e-8, gradient_clip_norm=0.0,
                                 exclude_from_weight_decay=["norm"], backbone_lr_multiplier=0.1)
-    optimizer.apply_gradients(zip(grads, variables, strict=True))
-    g = np.array([0.5, -1.0, 2.0])
-    adam = (0.1 * g / (1 - 0.9)) / (np.sqrt(0.001 * g**2 / (1 - 0.999)) + 1e-8)  # bias-corrected first step
-    for variable, lr, decay in ((variables[0], 1e-3, True), (variables[1], 1e-2, True), (variables[2], 1e-2, False)):
-        expected = 2.0 - (lr * 0.5 * 2.0 if decay else 0.0) - lr * adam
-        np.testing.assert_allclose(variable.numpy(), expected, rtol=1e-5, err_msg=variable.name)
+    params = [torch.nn.Parameter(torch.from_numpy(v.copy())) for v in start]
+    reference = torch.optim.AdamW([{"params": [params[0]], "lr": 1e-3, "weight_decay": 0.5},
+                                   {"params": [params[1]], "lr": 1e-2, "weight_decay": 0.5},
+                                   {"params": [params[2]], "lr": 1e-2, "weight_decay": 0.0}], eps=1e-8)
+    poly = torch.optim.lr_scheduler.LambdaLR(reference, lambda step: (1 - step / 12) ** 0.9)  # WarmupPolyLR, no warm-up
+    for step_grads in grads:
+        optimizer.apply_gradients(zip([tf.constant(g) for g in step_grads], variables, strict=True))
+        for param, g in zip(params, step_grads, strict=True):
+            param.grad = torch.from_numpy(g)
+        reference.step()
+        poly.step()
+    for variable, param, first in zip(variables, params, start, strict=True):
+        moved = np.abs(param.detach().numpy() - first).max()
+        # float32 rounding of the two formulas: a few ulp of the weights, far below the ~1e-3 .. 1e-2 moved.
+        np.testing.assert_allclose(variable.numpy(), param.detach().numpy(), rtol=0, atol=1e-6, err_msg=variable.name)
+        assert moved > 1e-3
+
+
+def test_warmup_poly_schedule_is_detectron2s() -> None:
+    """The Swin recipe's schedule from the optimizer factory against detectron2's WarmupPolyLR formula."""
+    from official.modeling.optimization import optimizer_factory
+
+    import mfport.tf_maskformer.optimization  # noqa: F401  (registers the warm-up)
+
+    params = build_params("maskformer_swin_b_ade20k")
+    config = params.trainer.optimizer_config
+    schedule = optimizer_factory.OptimizerFactory(config).build_learning_rate()
+    base, warmup, factor, total = 6e-5, 1500, 1e-6, 160_000
+    for step in (0, 1, 700, 1499, 1500, 80_000, 150_000):  # float32 steps: 1 - step / total loses bits at the end
+        alpha = step / warmup
+        ramp = factor * (1 - alpha) + alpha if step < warmup else 1.0
+        expected = base * ramp * (1 - step / total) ** 0.9
+        assert float(schedule(step)) == pytest.approx(expected, rel=1e-5, abs=1e-13), step
+
+
+def test_steps_flag_sets_the_schedule_length_too(tmp_path: Path) -> None:
+    """--steps is detectron2's MAX_ITER: the run's length and the poly schedule's. A schedule that ends before the
+    run (trainer.train_steps alone) trains the remaining steps at lr 0, and the driver says so."""
+    from mfport.cli import _training_params, build_parser
+    from mfport.tf_maskformer.train import schedule_warning
+
+    args = build_parser().parse_args(["train", "--model-dir", str(tmp_path), "--steps", "300"])
+    params = _training_params(args)
+    assert params.trainer.train_steps == 300
+    assert params.trainer.optimizer_config.learning_rate.polynomial.decay_steps == 300
+    assert schedule_warning(params) is None
+    short = build_params("maskformer_synthetic_smoke", params_override="trainer.train_steps=300")
+    assert "reaches 0 at step 40 of 300" in schedule_warning(short)
 
 
 def test_experiments_yaml_and_overrides(tmp_path: Path) -> None:
-    for name in ("maskformer_coco_panoptic_r50_6enc", "maskformer_ade20k_r50", "maskformer_synthetic_smoke"):
+    from mfport.core.presets import PRESETS
+
+    for name in [f"maskformer_{preset}" for preset in PRESETS] + ["maskformer_synthetic_smoke",
+                                                                   "maskformer_synthetic_smoke_swin_t"]:
         params = build_params(name)
         assert params.trainer.optimizer_config.optimizer.type == "maskformer_adamw"
         assert params.trainer.optimizer_config.optimizer.maskformer_adamw.global_clipnorm == 0.01
-    yaml = tmp_path / "override.yaml"
-    yaml.write_text("task:\n  train_data:\n    global_batch_size: 8\ntrainer:\n  train_steps: 7\n")
-    params = build_params("maskformer_ade20k_r50", [str(yaml)], "task.model.dropout=0.0")
+    swin = build_params("maskformer_swin_b_ade20k")
+    adamw = swin.trainer.optimizer_config.optimizer.maskformer_adamw
+    assert (adamw.weight_decay_rate, adamw.backbone_lr_multiplier) == (0.01, 1.0)
+    assert swin.trainer.optimizer_config.learning_rate.polynomial.initial_learning_rate == 6e-5
+    assert swin.trainer.optimizer_config.warmup.detectron2_linear.warmup_steps == 1500
+    assert "relative_position_bias_table" in adamw.exclude_from_weight_decay
+    assert swin.task.model.backbone.swin.window_size == 12 and swin.task.model.input_size == [640, 640]
+    yaml_path = tmp_path / "override.yaml"
+    yaml_path.write_text("task:\n  train_data:\n    global_batch_size: 8\ntrainer:\n  train_steps: 7\n")
+    params = build_params("maskformer_r50_ade20k", [str(yaml_path)], "task.model.dropout=0.0")
     assert (params.task.train_data.global_batch_size, params.trainer.train_steps) == (8, 7)
     assert params.task.model.to_preset().dropout == 0.0 and params.task.model.to_preset().num_classes == 150
-    with pytest.raises(KeyError):
-        build_params("maskformer_ade20k_r50", params_override="task.no_such_field=1")
+    with pytest.raises(MfportError, match="no_such_field"):
+        build_params("maskformer_r50_ade20k", params_override="task.no_such_field=1")
 
 
 def test_panoptic_prediction_maps_segments_to_classes() -> None:
@@ -184,14 +230,17 @@ def test_panoptic_prediction_maps_segments_to_classes() -> None:
     np.testing.assert_array_equal(out["instance_mask"].numpy(), [[[0, 1], [2, 2]]])
 
 
-def test_multi_replica_loss_equals_one_device_and_bfloat16_runs(dataset: Path) -> None:
+@pytest.mark.slow
+def test_multi_replica_loss_equals_one_device_and_bfloat16_runs(dataset: Path, tiny) -> None:
     """MirroredStrategy over 2 logical CPUs (batch 1 each) vs one device (batch 2): same loss, same gradient."""
+    _, config = tiny
     completed = subprocess.run([sys.executable, str(ROOT / "tests" / "replica_check.py"),
-                                str(dataset / "records" / "train-*"), "--bfloat16"],
+                                str(dataset / "records" / "train-*"), str(config), "--bfloat16"],
                                capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert completed.returncode == 0, completed.stderr[-3000:]
     result = json.loads(completed.stdout.strip().splitlines()[-1])
     assert result["replicas"] == 2
+    # The two strategies sum the same terms in another order: float32 summation error, ~1e-7 relative.
     assert result["mirrored_loss"] == pytest.approx(result["one_device_loss"], rel=1e-5)
     # The step is minus the all-reduced gradient: equal across strategies up to float summation order.
     assert result["max_weight_difference"] <= 1e-5 * result["max_weight_update"], result
@@ -206,16 +255,22 @@ def _latest_checkpoint_step(model_dir: Path) -> int:
     return 0 if latest is None else int(latest.rsplit("-", 1)[1])
 
 
-def test_finetune_falls_resumes_after_a_kill_and_evaluates(dataset: Path, tmp_path: Path,
-                                                           converted_model_dir: Path) -> None:
+@pytest.mark.slow
+def test_finetune_falls_resumes_after_a_kill_and_evaluates(dataset: Path, tmp_path: Path, tiny) -> None:
+    """The driver as a user runs it (XLA train step, the in-graph matcher): params.yaml, a SIGKILL mid-way, the
+    rerun restoring the last checkpoint and logging exactly the steps after it, the loss falling, evaluation.
+    The first run takes its runtime from a YAML file alone (MirroredStrategy over two logical CPUs, no flag)."""
+    converted, config = tiny
     model_dir = tmp_path / "run"
-    common = ["--model-dir", str(model_dir), "--train-data", str(dataset / "records" / "train-*"),
-              "--val-data", str(dataset / "records" / "val-*"),
-              "--params_override", "task.model.input_size=[96, 96],trainer.checkpoint_interval=8"]
-    train = ["train", *common, "--init-from", str(converted_model_dir), "--steps", "24"]
-    # A real interruption: SIGKILL as soon as the first checkpoint is on disk, in the middle of the run.
+    common = ["--model-dir", str(model_dir), "--config_file", str(config),
+              "--train-data", str(dataset / "records" / "train-*"), "--val-data", str(dataset / "records" / "val-*"),
+              "--params_override", "trainer.checkpoint_interval=8"]
+    train = ["train", *common, "--init-from", str(converted), "--steps", "24"]
+    runtime = tmp_path / "runtime.yaml"
+    runtime.write_text("runtime:\n  distribution_strategy: mirrored\n  num_gpus: 0\n  num_cpu_replicas: 2\n")
     with open(tmp_path / "killed.log", "w") as log:
-        killed = subprocess.Popen([*mfport_command(), *train], stdout=log, stderr=subprocess.STDOUT)
+        killed = subprocess.Popen([*mfport_command(), *train, "--config_file", str(runtime)], stdout=log,
+                                  stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 600  # the first checkpoint at step >= 8
         while _latest_checkpoint_step(model_dir) < 8:
             assert killed.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
@@ -225,10 +280,15 @@ def test_finetune_falls_resumes_after_a_kill_and_evaluates(dataset: Path, tmp_pa
         assert killed.wait(timeout=60) == -signal.SIGKILL
     saved = _latest_checkpoint_step(model_dir)
     assert saved < 24, "the run finished before it could be interrupted"
+    assert "distribution: MirroredStrategy, 2 replica(s) in sync" in (tmp_path / "killed.log").read_text()
+    params = yaml.safe_load((model_dir / "params.yaml").read_text())  # the resolved config, as the Model Garden's
+    assert params["task"]["model"]["backbone"]["type"] == "swin" and params["trainer"]["train_steps"] == 24
+    assert params["task"]["init_checkpoint"] == str(converted)
+    assert params["runtime"]["num_cpu_replicas"] == 2 and params["runtime"]["distribution_strategy"] == "mirrored"
     killed_logs = tmp_path / "train_killed"  # the killed run's summaries, kept apart from the rerun's
     (model_dir / "train").rename(killed_logs)
 
-    resumed = run_mfport(*train, "--loss-curve", str(tmp_path / "loss.png"))
+    resumed = run_mfport(*train, "--loss-curve", tmp_path / "loss.png")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"ckpt-{saved}" in resumed.stdout + resumed.stderr  # restored, not re-initialised from --init-from
     assert (model_dir / "ckpt-24.index").is_file() and (tmp_path / "loss.png").stat().st_size > 10_000
@@ -238,10 +298,11 @@ def test_finetune_falls_resumes_after_a_kill_and_evaluates(dataset: Path, tmp_pa
     assert sorted(losses) == list(range(1, 25))
     values = np.array([losses[step] for step in sorted(losses)])
     assert values[-6:].mean() < 0.5 * values[:6].mean(), values
-    evaluation = run_mfport("evaluate", *common, "--json")
+    evaluation = run_cli("evaluate", *common, "--json")  # in this process: it needs no device set-up of its own
     assert evaluation.returncode == 0, evaluation.stderr[-3000:]
     logs = json.loads(evaluation.stdout.strip().splitlines()[-1])
     assert 0.0 <= logs["panoptic_pq"] <= 1.0 and 0.0 <= logs["semantic_miou"] <= 1.0
     assert np.isfinite(logs["total_loss"])
     png = Image.open(io.BytesIO((tmp_path / "loss.png").read_bytes()))
     assert png.size[0] > 600
+

@@ -19,11 +19,9 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from mfport.core.errors import DatasetError
+
 LABEL_MAP = "label_map.json"
-
-
-class DatasetError(ValueError):
-    """Bad data set input; the message names the file and what is wrong."""
 
 
 def _bytes(value: bytes) -> tf.train.Feature:

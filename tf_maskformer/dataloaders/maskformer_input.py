@@ -1,7 +1,9 @@
 """tf.data decoder and parser of the COCO-panoptic TFRecords (coco_panoptic_tfrecords) for MaskFormer.
 
-Train: random horizontal flip, scale jitter + random crop to the fixed output size (the Model Garden's
-resize_and_crop_image, as its other segmentation tasks), zero padding. Eval: the image scaled to fit the
+Train: random horizontal flip, scale jitter + random crop to the fixed output size (the geometry of the Model
+Garden's resize_and_crop_image, as its other segmentation tasks), zero padding; every random draw is
+stateless, keyed by the example's augmentation seed, so each host's stream is a function of the data seed
+and the host id alone (augmentation_seeds). Eval: the image scaled to fit the
 output size, padded. Images are normalised BEFORE padding, so the padding is 0 as in the original.
 
 Labels (static shapes):
@@ -16,11 +18,11 @@ Labels (static shapes):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
 
 import tensorflow as tf
 from official.vision.dataloaders import decoder, parser
-from official.vision.ops import preprocess_ops
 
 
 class Decoder(decoder.Decoder):
@@ -56,24 +58,48 @@ class Parser(parser.Parser):
         self.aug_scale_min, self.aug_scale_max = aug_scale_min, aug_scale_max
         self.aug_rand_hflip = aug_rand_hflip
 
+    def _random(self, decoded: dict[str, tf.Tensor], stream: int, shape: list[int], low: float = 0.0,
+                high: float = 1.0) -> tf.Tensor:
+        """A stateless draw keyed by the example's augmentation seed (see augmentation_seeds) and a stream id."""
+        seed = decoded.get("augmentation_seed")
+        if seed is None:  # an example fed without the input reader: a fresh key, as a stateful op would give
+            seed = tf.random.uniform([], maxval=tf.int64.max, dtype=tf.int64)
+        key = tf.stack([tf.cast(seed, tf.int64), tf.constant(stream, tf.int64)])
+        return tf.random.stateless_uniform(shape, seed=key, minval=low, maxval=high)
+
     def _resize(self, decoded: dict[str, tf.Tensor], training: bool) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        """-> normalised image [H, W, 3], segment-id map [H, W] (0 on padding), pixel_valid [H, W]."""
+        """-> normalised image [H, W, 3], segment-id map [H, W] (0 on padding), pixel_valid [H, W].
+
+        The geometry of the Model Garden's resize_and_crop_image (scale jitter, aspect-preserving resize,
+        random crop, zero padding), hand-written to draw from stateless ops keyed per example: with
+        resize_and_crop_image's stateful draws a parallel map hands the numbers to examples in whatever
+        order its threads run, so a host's stream would not be reproducible (a TPU-pod requirement).
+        """
         image = tf.cast(decoded["image"], tf.float32)
         image = (image - tf.constant(self.pixel_mean)) / tf.constant(self.pixel_std)
         # Ids < 2^24 are exact in float32; a second channel of ones marks the image (vs the padding).
         maps = tf.stack([tf.cast(decoded["segment_id_map"], tf.float32), tf.ones_like(image[..., 0])], axis=-1)
         if training and self.aug_rand_hflip:
-            flip = tf.random.uniform([]) < 0.5
+            flip = self._random(decoded, 0, []) < 0.5
             image = tf.where(flip, image[:, ::-1], image)
             maps = tf.where(flip, maps[:, ::-1], maps)
-        scale_min, scale_max = (self.aug_scale_min, self.aug_scale_max) if training else (1.0, 1.0)
-        image, info = preprocess_ops.resize_and_crop_image(image, self.output_size, self.output_size,
-                                                           aug_scale_min=scale_min, aug_scale_max=scale_max)
-        # Hand-written: resize_and_crop_masks truncates scale * size, one pixel short of the image's rounded size.
-        scaled = tf.image.resize(maps, tf.cast(tf.round(info[0] * info[2]), tf.int32), method="nearest")
-        offset = tf.cast(info[3], tf.int32)
-        scaled = scaled[offset[0]:offset[0] + self.output_size[0], offset[1]:offset[1] + self.output_size[1]]
-        maps = tf.image.pad_to_bounding_box(scaled, 0, 0, *self.output_size)
+        desired = tf.constant(self.output_size, tf.float32)
+        image_size = tf.cast(tf.shape(image)[:2], tf.float32)
+        jitter = training and (self.aug_scale_min != 1.0 or self.aug_scale_max != 1.0)
+        target = desired
+        if jitter:
+            target = tf.round(self._random(decoded, 1, [], self.aug_scale_min, self.aug_scale_max) * desired)
+        scaled_size = tf.round(image_size * tf.reduce_min(target / image_size))
+        offset = tf.zeros([2], tf.int32)
+        if jitter:
+            offset = tf.cast(tf.maximum(scaled_size - desired, 0.0) * self._random(decoded, 2, [2]), tf.int32)
+        height, width = self.output_size
+        size = tf.cast(scaled_size, tf.int32)
+        image = tf.image.resize(image, size, method="bilinear")[offset[0]:offset[0] + height,
+                                                                offset[1]:offset[1] + width]
+        maps = tf.image.resize(maps, size, method="nearest")[offset[0]:offset[0] + height, offset[1]:offset[1] + width]
+        image = tf.image.pad_to_bounding_box(image, 0, 0, height, width)
+        maps = tf.image.pad_to_bounding_box(maps, 0, 0, height, width)
         pixel_valid = maps[..., 1] > 0.5
         return image, tf.where(pixel_valid, tf.cast(maps[..., 0], tf.int32), 0), pixel_valid
 
@@ -115,3 +141,16 @@ class Parser(parser.Parser):
 
     def _parse_eval_data(self, decoded: dict[str, tf.Tensor]) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
         return self._parse(decoded, training=False)
+
+
+def augmentation_seeds(seed: int, input_context: tf.distribute.InputContext | None = None
+                       ) -> Callable[[tf.data.Dataset], tf.data.Dataset]:
+    """The input reader's sample_fn: gives every decoded example an int64 "augmentation_seed" from a stream
+    determined by the data seed and the input pipeline (host) id, in the example's order of arrival."""
+    pipeline = input_context.input_pipeline_id if input_context else 0
+
+    def attach(dataset: tf.data.Dataset) -> tf.data.Dataset:
+        seeds = tf.data.Dataset.random(seed=seed * 1_000_003 + pipeline)
+        return tf.data.Dataset.zip((dataset, seeds)).map(lambda example, key: {**example, "augmentation_seed": key})
+
+    return attach

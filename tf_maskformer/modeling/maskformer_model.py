@@ -9,16 +9,13 @@ from __future__ import annotations
 import tensorflow as tf
 import tf_keras
 
+from mfport.core.errors import InputError
 from mfport.core.presets import MaskFormerPreset
 from mfport.tf_maskformer.modeling.backbone import build_backbone
 from mfport.tf_maskformer.modeling.pixel_decoder import build_pixel_decoder
 from mfport.tf_maskformer.modeling.transformer_predictor import TransformerPredictor
 
 MIN_INPUT_SIZE = 32  # below one stride-32 cell res5 is empty
-
-
-class InputError(ValueError):
-    """Images the model cannot take; the message names the problem."""
 
 
 class MaskFormerHead(tf_keras.layers.Layer):

@@ -25,7 +25,7 @@ import mfport.tf_maskformer.optimization  # noqa: F401  (registers the "maskform
 from mfport.core.errors import MfportError
 from mfport.core.model_dir import MANIFEST, TF_CHECKPOINT, Manifest
 from mfport.tf_maskformer.configs import maskformer as exp_cfg
-from mfport.tf_maskformer.dataloaders.maskformer_input import Decoder, Parser
+from mfport.tf_maskformer.dataloaders.maskformer_input import Decoder, Parser, augmentation_seeds
 from mfport.tf_maskformer.losses.maskformer_losses import LOSS_TERMS, MaskFormerLoss
 from mfport.tf_maskformer.modeling.factory import build_maskformer
 from mfport.tf_maskformer.modeling.inference import postprocess
@@ -107,6 +107,7 @@ class PanopticMaskFormerTask(base_task.Task):
                         aug_rand_hflip=params.aug_rand_hflip)
         reader = input_reader_factory.input_reader_generator(
             params, dataset_fn=dataset_fn.pick_dataset_fn(params.file_type), decoder_fn=Decoder().decode,
+            sample_fn=augmentation_seeds(params.seed or 0, input_context),
             parser_fn=parser.parse_fn(params.is_training))
         return reader.read(input_context=input_context)
 
@@ -154,7 +155,12 @@ class PanopticMaskFormerTask(base_task.Task):
             total, losses = self.build_losses(labels, outputs, normalisers=normalisers)
             # Gradients are summed over replicas by the all-reduce; the normalisers are global already.
             scaled = total / replicas
-        return tape.gradient(scaled, model.trainable_variables), total, losses
+        gradients = tape.gradient(scaled, model.trainable_variables)
+        # Gathers (the Swin bias tables, the query embedding) give IndexedSlices, whose all-reduce and sparse
+        # optimiser update have data-dependent shapes (Unique, UnsortedSegmentSum): densify here, in the
+        # compiled step, so the all-reduce and the update see static shapes (what a TPU needs).
+        gradients = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in gradients]
+        return gradients, total, losses
 
     def train_step(self, inputs: tuple[tf.Tensor, dict[str, tf.Tensor]], model: tf_keras.Model,
                    optimizer: tf_keras.optimizers.Optimizer, metrics: list | None = None) -> dict[str, tf.Tensor]:
