@@ -57,6 +57,11 @@ def test_bad_arguments_are_named(tmp_path):
                    "--experiment", "maskformer_nowhere", "maskformer_r50_ade20k")
     one_line_error(run_cli("train", "--model-dir", tmp_path / "m", "--train-data", tmp_path / "none-*"),
                    "--train-data", "no file matches")
+    one_line_error(run_cli("train", "--model-dir", tmp_path / "r", "--require", "panoptic_pq=0.8"),
+                   "--require needs --evaluate")
+    one_line_error(run_cli("train", "--model-dir", tmp_path / "r", "--evaluate", "--require", "panoptic_pq"),
+                   "--require 'panoptic_pq'", "METRIC=MINIMUM")
+    assert not (tmp_path / "r").exists()  # refused before anything was written
     one_line_error(run_cli("inspect", tmp_path / "missing.pkl", "--dataset", "kitti_7"), "--dataset")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -244,6 +245,8 @@ def test_multi_replica_loss_equals_one_device_and_bfloat16_runs(dataset: Path, t
     assert result["mirrored_loss"] == pytest.approx(result["one_device_loss"], rel=1e-5)
     # The step is minus the all-reduced gradient: equal across strategies up to float summation order.
     assert result["max_weight_difference"] <= 1e-5 * result["max_weight_update"], result
+    # bfloat16 keeps 8 significant bits (2^-8 = 0.4 % per rounding); the loss sums many such terms: ~0.2 % seen,
+    # 5 % tells a bfloat16 run from a broken one (a loss off by a factor, NaN).
     assert result["bfloat16_finite"] and result["bfloat16_loss"] == pytest.approx(result["one_device_loss"], rel=0.05)
 
 
@@ -305,4 +308,11 @@ def test_finetune_falls_resumes_after_a_kill_and_evaluates(dataset: Path, tmp_pa
     assert np.isfinite(logs["total_loss"])
     png = Image.open(io.BytesIO((tmp_path / "loss.png").read_bytes()))
     assert png.size[0] > 600
+    # train --evaluate on a finished run evaluates (Orbit's loop would not) and --require checks that evaluation:
+    # mIoU can never exceed 1, so this must fail, naming the value the evaluation gave.
+    required = run_mfport(*train, "--evaluate", "--require", "semantic_miou=1.01")
+    assert required.returncode == 1, required.stderr[-3000:]
+    gave = re.search(r"--require semantic_miou=1.01: the evaluation gave ([0-9.]+)$", required.stderr.strip())
+    assert gave, required.stderr[-3000:]
+    assert float(gave.group(1)) == pytest.approx(logs["semantic_miou"], abs=1e-3)  # the same checkpoint and data
 

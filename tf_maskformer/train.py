@@ -144,6 +144,21 @@ def weights_digest(variables: list[tf.Variable]) -> str:
     return hashlib.sha256(b"".join(np.asarray(v.numpy()).tobytes() for v in variables)).hexdigest()
 
 
+def _record_evaluations(controller: object) -> dict:
+    """The logs of the controller's latest evaluation, kept as it runs them (train_and_evaluate returns none)."""
+    latest: dict = {}
+    evaluate = controller.evaluate
+
+    def recording(*args: object, **kwargs: object) -> dict | None:
+        logs = evaluate(*args, **kwargs)
+        latest.clear()
+        latest.update(logs or {})
+        return logs
+
+    controller.evaluate = recording
+    return latest
+
+
 def run(params: cfg.ExperimentConfig, model_dir: str | os.PathLike[str], mode: str = "train") -> dict[str, object]:
     """Train and/or evaluate as params say; returns the last evaluation's logs (empty when none ran)."""
     if mode not in MODES:
@@ -179,7 +194,12 @@ def run(params: cfg.ExperimentConfig, model_dir: str | os.PathLike[str], mode: s
             if mode == "eval":  # the runner's own eval mode discards the logs; its controller returns them
                 eval_logs = runner.controller.evaluate(steps=params.trainer.validation_steps)
             else:
-                _, eval_logs = runner.run()
+                evaluations = _record_evaluations(runner.controller)
+                _, eval_logs = runner.run()  # its eval_logs: only those of a post-training evaluation
+                if "eval" in mode and not (eval_logs or evaluations):
+                    # Orbit evaluates inside its training loop only: a run already at train_steps would end with none.
+                    evaluations.update(runner.controller.evaluate(steps=params.trainer.validation_steps) or {})
+                eval_logs = eval_logs or evaluations
         step = int(trainer.global_step.numpy())
         print(f"{worker_name(strategy)}: step {step}, weights sha256 {weights_digest(trainer.model.variables)}",
               flush=True)
