@@ -106,8 +106,11 @@ def _panoptic_quality(reference: np.ndarray, other: np.ndarray, categories: dict
 
     if not reference.any() and not other.any():
         return 1.0  # no segment on either side: full agreement (the metric would report 0/0 as 0)
+    # The offset as uint64: the metric multiplies the uint32 ids of ignored segments (class x 256 + instance) by
+    # it; with a Python int NumPy 2 keeps uint32, and every id >= 256 wraps past 2^32: unmatched predictions then
+    # lose their overlap with the ignored region and count as false positives.
     metric = PanopticQuality(num_categories=num_classes + 1, ignored_label=num_classes,
-                             max_instances_per_category=256, offset=256 * 256 * 256)
+                             max_instances_per_category=256, offset=np.uint64(256 * 256 * 256))
 
     def masks(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # int64: the metric multiplies ids by its 2^24 offset (uint16 arrays overflow there).

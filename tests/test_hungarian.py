@@ -25,6 +25,8 @@ def _check_optimal(cost: np.ndarray, valid: np.ndarray, got: np.ndarray, exact: 
         scipy_rows, scipy_cols = linear_sum_assignment(cost[b][rows].astype(np.float64))
         best = cost[b][rows][scipy_rows, scipy_cols].astype(np.float64).sum()
         mine = cost[b][rows, chosen].astype(np.float64).sum()
+        # Ties: another optimal assignment may differ by float32 rounding of the costs it sums (~1e-7 relative
+        # each, tens of terms); a suboptimal one costs at least one cost gap more, orders of magnitude above.
         assert mine == pytest.approx(best, rel=1e-6, abs=1e-5)
         if exact:  # continuous random costs: the optimum is unique, so the assignment must be scipy's
             np.testing.assert_array_equal(chosen, scipy_cols)

@@ -113,6 +113,8 @@ def test_each_loss_term_equals_numpy_for_final_and_aux_layers():
             indices.append((np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])))
         ce, focal, dice_value = _numpy_layer_losses(logits[layer], masks[layer], targets, indices, num_masks,
                                                     preset.num_classes)
+        # TF in float32 against numpy in float64: a mean over a few thousand float32 terms, ~1e-7 relative
+        # rounding each; 1e-5 leaves a 100x margin and still catches a wrong weight or normaliser (>= 1e-2).
         assert float(losses[f"loss_ce{suffix}"]) == pytest.approx(ce, rel=1e-5)
         assert float(losses[f"loss_mask{suffix}"]) == pytest.approx(focal, rel=1e-5)
         assert float(losses[f"loss_dice{suffix}"]) == pytest.approx(dice_value, rel=1e-5)

@@ -62,6 +62,7 @@ def test_every_family_within_float32s_band(models, preset_name, size):
         assert block.isolated is not None and block.isolated.verdict.ok
     assert sum(name.startswith("outputs/aux_") for name in names) == 10
     logits = result.row("outputs/pred_logits").cumulative
+    # Errors within the band (<= ~1e-4 of the max) leave the cosine within ~1e-8 of 1; a fault moves it by >= 1e-4.
     assert logits.metrics.cosine > 0.99999
     # The harness's float64 figures are what they say: the reference's own error recomputed by hand.
     exact = result.row("outputs/pred_masks").cumulative
@@ -269,3 +270,17 @@ def test_console_markdown_and_html_render_the_same_rows(models, tmp_path):
         for row in table.rows:
             assert row[0].text in markdown and row[0].text.replace("&", "&amp;") in html
     assert rel_max_error(np.ones(3), np.ones(3)) == 0.0
+
+
+def test_panoptic_agreement_excuses_segments_in_the_unlabelled_region():
+    """PQ of one panoptic map against the other: a predicted segment lying wholly where the reference has no
+    segment is excused (COCO's void rule), not counted as a false positive, as the metric intends."""
+    from mfport.parity.harness import _panoptic_quality
+
+    reference = np.zeros((40, 40), np.int32)
+    reference[:, :20] = 1  # segment 1 (class 5) on the left half, nothing on the right
+    other = reference.copy()
+    other[5:15, 25:35] = 2  # an extra segment inside the unlabelled half
+    assert _panoptic_quality(reference, other, {1: 5, 2: 7}, num_classes=133) == pytest.approx(1.0)
+    other[5:15, 5:15] = 2  # now half of it covers segment 1: a false positive, and segment 1 shrinks
+    assert _panoptic_quality(reference, other, {1: 5, 2: 7}, num_classes=133) < 1.0
