@@ -4,9 +4,9 @@ A cumulative row (and a loss or gradient row) is judged against a float64 run of
 error against it may be up to FLOAT32_BAND_FACTOR times the reference's own float32 error against it at the
 same point, or the profile's fixed bound, whichever is larger. Why a factor of 4: TF and PyTorch compute the
 same function in float32 and differ only in the order of rounding; their errors against the exact function
-come from the same distribution, and over the taps of the seeded R50/R101/Swin checkpoints at 128-640 pixels
-(default and sharp attention, two CPUs' kernel choices) their ratio stayed within 0.2-2.5 (docs/parity.md has
-the measured spread). A factor of 4 keeps that spread inside the band, and a real bug (a wrong epsilon,
+come from the same distribution: over the 333 cumulative taps of the committed reports (reports/parity/: R50
++ 6 Enc, R101c, R101 Cityscapes, Swin-T, Swin-B, a custom R50; 512x512 to 512x1024) their ratio was 0.22-1.67
+(docs/parity.md). A factor of 4 keeps that spread inside the band, and a real bug (a wrong epsilon,
 transposed kernel, padding or resize index) moves a block's output by 1e-3 to 1, orders of magnitude more.
 Isolated rows keep their fixed bound: they measure one block's own arithmetic, which no amplification inflates.
 """
