@@ -72,10 +72,10 @@ def run_case(preset_name: str, target: float, height: int, width: int, batch: in
     labels = {"labels": np.zeros((batch, slots), np.int32), "masks": np.zeros((batch, slots, height, width), np.uint8),
               "valid": np.zeros((batch, slots), bool), "pixel_valid": np.ones((batch, height, width), bool),
               "num_dropped_segments": np.zeros(batch, np.int32)}
-    for b, target in enumerate(targets):
-        count = len(target["labels"])
-        labels["labels"][b, :count] = target["labels"]
-        labels["masks"][b, :count] = target["masks"]
+    for b, image_targets in enumerate(targets):
+        count = len(image_targets["labels"])
+        labels["labels"][b, :count] = image_targets["labels"]
+        labels["masks"][b, :count] = image_targets["masks"]
         labels["valid"][b, :count] = True
     inputs = (tf_model.preprocess(tf.constant(images, tf.float32)), {k: tf.constant(v) for k, v in labels.items()})
     def tf_step(jit_compile: bool) -> object:

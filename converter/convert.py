@@ -187,9 +187,11 @@ def convert_to_tf(source: str | os.PathLike[str], output: str | os.PathLike[str]
         progress("build")
         start = time.perf_counter()
         source_dtypes = set(checkpoint.source_dtypes)
+        # The weights' precision; integer buffers (Swin's relative_position_index) are derived, not variables.
+        float_dtypes = {d for d in source_dtypes if "float" in d}
         kept_dtype = None
-        if keep_dtype and len(source_dtypes) == 1 and source_dtypes != {"float32"}:
-            kept_dtype = next(iter(source_dtypes))  # the TF variables take the source's (half) precision
+        if keep_dtype and len(float_dtypes) == 1 and float_dtypes != {"float32"}:
+            kept_dtype = next(iter(float_dtypes))  # the TF variables take the source's (half) precision
         model = build_maskformer(resolved, dtype=kept_dtype)
         timings["build_model"] = time.perf_counter() - start
         progress("map")
@@ -209,7 +211,7 @@ def convert_to_tf(source: str | os.PathLike[str], output: str | os.PathLike[str]
             raise CheckpointError(f"{out.final}: no space left on the device while writing the TF model: it needs "
                                   f"about {tensor_bytes * (2 if saved_model else 1) / 2**20:.0f} MiB, "
                                   f"{free / 2**20:.0f} MiB are free there", parameter="output") from None
-        cast = kept_dtype is None and source_dtypes != {"float32"}
+        cast = kept_dtype is None and float_dtypes != {"float32"}
         manifest = Manifest(
             mapping_version=MAPPING_VERSION,
             source=SourceInfo(str(source), sha256.result(), checkpoint.format, era, sorted(source_dtypes), cast,

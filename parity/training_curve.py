@@ -228,16 +228,14 @@ def check_decay_groups(model: object, torch_groups: list[dict], optimizer: objec
 
 
 def _synthetic_records(preset: MaskFormerPreset, root: Path, count: int) -> str:
-    from mfport.tf_maskformer.dataloaders.coco_panoptic_tfrecords import write_panoptic_tfrecords
-    from mfport.tf_maskformer.dataloaders.synthetic_coco_panoptic import STUFF, write_synthetic_coco_panoptic
+    from mfport.tf_maskformer.dataloaders.coco_panoptic_tfrecords import write_synthetic_records
+    from mfport.tf_maskformer.dataloaders.synthetic_coco_panoptic import STUFF
 
     if preset.labels.name not in STUFF:
         raise MfportError(f"no synthetic data for label set {preset.labels.name!r}; pass --train-data RECORDS "
                           f"(written by `mfport make-tfrecords`)", parameter="train_data")
-    json_path = write_synthetic_coco_panoptic(root, "train", count, seed=0, dataset=preset.labels.name)
-    write_panoptic_tfrecords(root / "train2017", json_path, root / "annotations" / "panoptic_train2017",
-                             root / "records", prefix="train", num_shards=1)
-    return str(root / "records" / "train-*.tfrecord")
+    records = write_synthetic_records(root, {"train": (count, 0)}, dataset=preset.labels.name)
+    return str(records / "train-*.tfrecord")
 
 
 def run_training_curve(options: CurveOptions, progress: object | None = None) -> TrainingCurve:

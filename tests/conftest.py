@@ -1,8 +1,9 @@
 """Shared fixtures: seeded original-format checkpoints, converted model directories and models, written or
 built once per test session; the CLI run in-process; the tiny architecture the training tests use.
 
-Markers (pyproject.toml): `slow` (left out of `scripts/test.sh --fast`), `numerics` (outcomes that depend on
-float32 rounding; scripts/test.sh runs them a second time under other CPU kernels).
+Markers (pyproject.toml): `slow` (training runs, processes of their own) and `heavy` (released-size models and
+checkpoints), both left out of `scripts/test.sh --fast`; `numerics` (outcomes that depend on float32 rounding;
+scripts/test.sh runs those not `slow` a second time under other CPU kernels).
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ import contextlib
 import dataclasses
 import io
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # as the mfport command: tf.keras is tf_keras
@@ -19,6 +22,36 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import pytest
 import torch
+
+# XLA programs compiled once per test command, not once per process: the training tests start the same train
+# step in several processes (a killed run, its resume, an evaluation), and the second kernel pass re-runs the
+# XLA tests. TF keys each executable by its HLO's fingerprint, so a cache hit is the same program.
+# scripts/test.sh shares one directory between its two pytest runs; a bare pytest gets its own, removed after.
+# TF writes a cache file in place and fails on one it cannot parse, so no two processes may compile into one
+# directory at once: each pytest-xdist worker gets its own, and a process that is killed mid-run, or runs beside
+# another compiling the same program (the workers of one cluster), gets none (`without_xla_cache`).
+XLA_CACHE_FLAG = "--tf_xla_persistent_cache_directory"
+_OWN_XLA_CACHE = None
+_flags = os.environ.get("TF_XLA_FLAGS", "")
+if XLA_CACHE_FLAG not in _flags:
+    _OWN_XLA_CACHE = tempfile.mkdtemp(prefix="mfport-xla-cache-")
+    _flags = f"{_flags} {XLA_CACHE_FLAG}={_OWN_XLA_CACHE}".strip()
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _flags = " ".join(f"{f}/{os.environ['PYTEST_XDIST_WORKER']}" if f.startswith(XLA_CACHE_FLAG) else f
+                      for f in _flags.split())
+os.environ["TF_XLA_FLAGS"] = _flags
+
+
+def without_xla_cache(environment: dict[str, str]) -> dict[str, str]:
+    """The environment minus the XLA cache (see above)."""
+    flags = [f for f in environment.get("TF_XLA_FLAGS", "").split() if not f.startswith(XLA_CACHE_FLAG)]
+    return {**environment, "TF_XLA_FLAGS": " ".join(flags)}
+
+
+def pytest_unconfigure(config: object) -> None:
+    if _OWN_XLA_CACHE:
+        shutil.rmtree(_OWN_XLA_CACHE, ignore_errors=True)
+
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 REPO = Path(__file__).resolve().parents[1]
@@ -41,6 +74,20 @@ def tiny_preset(num_classes: int = 133, dataset: str | None = "coco_panoptic_133
         num_queries=10, size_divisibility=32, panoptic_on=True, object_mask_threshold=0.8, overlap_threshold=0.8)
 
 
+@contextlib.contextmanager
+def _environment(**values: str):
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 @dataclasses.dataclass
 class CliResult:
     returncode: int
@@ -53,7 +100,9 @@ def run_cli(*args: str) -> CliResult:
     from mfport.cli import main
 
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    # Output to a pipe, as in CI: tables 200 columns wide unless COLUMNS says otherwise, and pytest-xdist's workers
+    # run with COLUMNS=80 and LINES=24 set: the width is pinned here.
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), _environment(COLUMNS="200"):
         try:
             code = main([str(a) for a in args])
         except SystemExit as exit_:  # argparse usage errors
@@ -121,14 +170,10 @@ INPUT = 64  # the tiny model trains on 64x64 crops
 @pytest.fixture(scope="session")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The synthetic COCO panoptic set (8 train, 4 val images) and its records, two shards per split."""
-    from mfport.tf_maskformer.dataloaders.coco_panoptic_tfrecords import write_panoptic_tfrecords
-    from mfport.tf_maskformer.dataloaders.synthetic_coco_panoptic import write_synthetic_coco_panoptic
+    from mfport.tf_maskformer.dataloaders.coco_panoptic_tfrecords import write_synthetic_records
 
     root = tmp_path_factory.mktemp("synthetic")
-    for split, count, seed in (("train", 8, 0), ("val", 4, 1)):
-        path = write_synthetic_coco_panoptic(root, split, count, seed=seed)
-        write_panoptic_tfrecords(root / f"{split}2017", path, root / "annotations" / f"panoptic_{split}2017",
-                                 root / "records", prefix=split, num_shards=2)
+    write_synthetic_records(root, {"train": (8, 0), "val": (4, 1)}, num_shards=2)
     return root
 
 
@@ -150,21 +195,31 @@ def tiny(converted_dir, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path,
 
 
 @pytest.fixture(scope="session")
-def models(seeded_checkpoint):
-    """models(preset or name, seed=0, attention="default") -> (PyTorch reference, converted TF model), built once
-    per session. Tests that change a model restore it (see `changed`)."""
-    from mfport.converter.convert import tf_model_from_checkpoint
-    from mfport.torch_reference.loading import load_maskformer
+def models():
+    """models(preset or name, seed=0, attention="default") -> (PyTorch reference, converted TF model) of the
+    seeded weights, built once per session in memory (the file formats are the checkpoint and converter tests').
+    Tests that change a model restore it (see `changed`)."""
+    from mfport.converter.convert import assign_converted
+    from mfport.core.presets import get_preset
+    from mfport.tf_maskformer.modeling.factory import build_maskformer
+    from mfport.torch_reference.loading import load_state_strict
+    from mfport.torch_reference.maskformer import MaskFormer
+    from mfport.torch_reference.seeded_init import seeded_state_dict
 
-    cache: dict[Path, tuple] = {}
+    cache: dict[tuple, tuple] = {}
 
     def make(preset: object, seed: int = 0, attention: str = "default") -> tuple:
-        source = seeded_checkpoint(preset, seed, attention)
-        if source not in cache:
-            torch_model, _ = load_maskformer(source)
-            tf_model, _ = tf_model_from_checkpoint(source, torch_model.preset)
-            cache[source] = (torch_model, tf_model)
-        return cache[source]
+        preset = get_preset(preset) if isinstance(preset, str) else preset
+        key = (preset, seed, attention)
+        if key not in cache:
+            source = f"seeded {preset.name} (seed {seed}, {attention} attention)"
+            state = seeded_state_dict(preset, seed, attention)
+            torch_model = MaskFormer(preset).eval()
+            load_state_strict(torch_model, state, source)
+            tf_model = build_maskformer(preset)
+            assign_converted(tf_model, state, preset, source, consume=True)
+            cache[key] = (torch_model, tf_model)
+        return cache[key]
 
     return make
 

@@ -12,7 +12,6 @@ Arguments: records glob, experiment YAML (the model), converted model directory 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 
@@ -20,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from mfport.tf_maskformer.tasks.panoptic_maskformer import PanopticMaskFormerTask
-from mfport.tf_maskformer.train import build_params, build_strategy
+from mfport.tf_maskformer.train import build_params, build_strategy, weights_digest
 
 HOSTS = 2
 
@@ -40,10 +39,6 @@ def build(params: object) -> tuple[PanopticMaskFormerTask, object, object]:
     model = task.build_model()
     task.initialize(model)
     return task, model, task.create_optimizer(params.trainer.optimizer_config, params.runtime)
-
-
-def digest(variables: list) -> str:
-    return hashlib.sha256(b"".join(np.asarray(v.numpy()).tobytes() for v in variables)).hexdigest()
 
 
 def main() -> None:
@@ -66,7 +61,7 @@ def main() -> None:
     loss = one_step(task, model, optimizer, strategy, inputs)
     after = [v.numpy() for v in model.trainable_variables]
     result = {"worker": worker, "replicas": strategy.num_replicas_in_sync, "loss": loss,
-              "digest": digest(model.trainable_variables),
+              "digest": weights_digest(model.trainable_variables),
               "max_weight_update": max(float(np.abs(a - b).max()) for a, b in zip(before, after, strict=True))}
     if worker == 0:
         local = strategy.experimental_local_results(inputs)[0]

@@ -12,6 +12,7 @@ from mfport.core.presets import PRESETS
 from mfport.torch_reference.maskformer import MaskFormer
 
 
+@pytest.mark.heavy
 def test_init_checkpoint_then_inspect(tmp_path):
     out = tmp_path / "ade.pkl"
     result = run_cli("init-checkpoint", "--preset", "r101c_ade20k", "--seed", "3", "-o", out)
@@ -65,6 +66,7 @@ def test_bad_arguments_are_named(tmp_path):
     one_line_error(run_cli("inspect", tmp_path / "missing.pkl", "--dataset", "kitti_7"), "--dataset")
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("verbose", [False, True])
 def test_verbose_prints_the_full_key_report(seeded_checkpoint, tmp_path, verbose):
     from safetensors.numpy import save_file

@@ -14,6 +14,7 @@ from mfport.parity.metrics import FLOAT32_BAND_FACTOR, rel_max_error
 pytestmark = pytest.mark.numerics
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("preset_name", list(GOLDEN))
 def test_reference_and_tf_model_reproduce_golden_outputs(models, preset_name):
     golden = np.load(golden_path(preset_name))

@@ -3,6 +3,8 @@ both ways; the converted TF model gives transformers' own outputs."""
 
 from __future__ import annotations
 
+import copy
+import functools
 import re
 
 import numpy as np
@@ -19,6 +21,7 @@ from mfport.tf_maskformer.serving.model_dir import load_converted_model
 transformers = pytest.importorskip("transformers", reason="transformers is the optional 'hf' extra")
 
 
+@functools.cache  # built once per backbone (random init of a full-size model takes seconds); tests copy to change it
 def _hf_model(backbone: str, num_labels: int = 150) -> torch.nn.Module:
     if backbone == "resnet":
         config = transformers.ResNetConfig(depths=[3, 4, 6, 3], hidden_sizes=[256, 512, 1024, 2048],
@@ -41,6 +44,7 @@ def _hf_model(backbone: str, num_labels: int = 150) -> torch.nn.Module:
     return model
 
 
+@pytest.mark.heavy
 @pytest.mark.numerics
 @pytest.mark.parametrize(("backbone", "fmt", "preset"), [("resnet", "safetensors", "r50_ade20k"),
                                                          ("resnet", "bin", "r50_ade20k"),
@@ -58,7 +62,7 @@ def test_hf_checkpoint_converts_both_ways_and_matches_transformers(tmp_path, bac
     # Back to transformers' names: loads strictly into a fresh HF model, every shared tensor bit-exact.
     back = convert_to_torch(tmp_path / "tf", tmp_path / "back.safetensors", naming="huggingface")
     assert set(back) == set(state)
-    fresh = _hf_model(backbone)
+    fresh = copy.deepcopy(_hf_model(backbone))
     fresh.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in back.items()}, strict=True)
     for key, value in state.items():
         if "num_batches_tracked" not in key and not re.search(r"encoder\.model\.layernorm\.", key):
@@ -94,6 +98,7 @@ def test_hf_swin_through_the_saved_model(tmp_path):
         assert a.shape == b.shape and np.abs(a - b).max() <= 1e-4 * np.abs(a).max()
 
 
+@pytest.mark.heavy
 def test_hf_checkpoint_missing_a_projection_is_named(tmp_path):
     state = {k: v.contiguous() for k, v in _hf_model("resnet").state_dict().items()}
     del state["model.transformer_module.decoder.layers.3.encoder_attn.v_proj.weight"]

@@ -128,6 +128,7 @@ def test_ignored_pixels_leave_the_mask_losses() -> None:
     assert logits.shape[-1] == preset.num_classes + 1
 
 
+@pytest.mark.heavy
 def test_criterion_gradient_is_one_concatenation_of_the_layers() -> None:
     """The gradient w.r.t. the stacked [L, B, Q, h, w] outputs is one concatenation of the layers' gradients
     under XLA, not a zero-padded copy of the whole stack per layer, added up (what indexing the stack per

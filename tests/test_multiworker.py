@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import tensorflow as tf
-from conftest import mfport_command
+from conftest import mfport_command, without_xla_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKERS = 2
@@ -36,7 +36,7 @@ def _free_ports(count: int) -> list[int]:
 
 def _worker_env(ports: list[int], index: int) -> dict[str, str]:
     cluster = {"cluster": {"worker": [f"localhost:{p}" for p in ports]}, "task": {"type": "worker", "index": index}}
-    return {**os.environ, "TF_CONFIG": json.dumps(cluster), "TF_NUM_INTRAOP_THREADS": "1",
+    return {**without_xla_cache(dict(os.environ)), "TF_CONFIG": json.dumps(cluster), "TF_NUM_INTRAOP_THREADS": "1",
             "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 
 

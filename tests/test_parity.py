@@ -41,6 +41,7 @@ def _band_rule_holds(result) -> None:
         assert (c.verdict is Verdict.PASS) == (c.tf_vs_float64 <= allowed), row.tap
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize(("preset_name", "size"), [
     ("r50_6enc_coco_panoptic", (259, 323)),  # not divisible by 32, no padding (COCO)
     ("r101c_ade20k", (160, 224)),  # DeepLab stem: its three convs are taps
@@ -78,6 +79,7 @@ def sharp(models):
     return torch_model, tf_model, images, capture_reference(torch_model, images)
 
 
+@pytest.mark.heavy
 def test_sharp_attention_is_no_false_alarm(sharp):
     torch_model, tf_model, images, reference = sharp
     result = run_parity(torch_model, tf_model, images, reference=reference)
@@ -125,6 +127,7 @@ def _nearest_off_by_one(model):
     return changed(resize, "_torch_nearest_indices", shifted)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize(("fault", "tap"), [
     (_layer_norm_epsilon, "predictor/decoder_layer_0"),
     (_transposed_kernel, "predictor/mask_embed"),
@@ -143,6 +146,7 @@ def test_real_faults_fail_at_their_tap_on_sharp_weights(sharp, fault, tap):
     assert all(r.cumulative.verdict.ok for r in before)
 
 
+@pytest.mark.heavy
 def test_a_small_kernel_error_is_blamed_on_its_block_in_isolation(models):
     torch_model, tf_model = models("r50_ade20k")
     kernel = tf_model.backbone.stages[2].blocks[3].conv2.kernel  # res4 block 3
@@ -155,6 +159,7 @@ def test_a_small_kernel_error_is_blamed_on_its_block_in_isolation(models):
     assert rows["backbone/res5"].isolated.verdict.ok  # res5 itself is fine, only fed bad input
 
 
+@pytest.mark.heavy
 def test_config_lint_names_a_difference(models):
     from mfport.tf_maskformer.modeling.maskformer_model import MaskFormer
 
@@ -198,6 +203,7 @@ def test_bf16_profile_runs_tf_in_bfloat16_and_still_catches_a_fault(seeded_check
     assert not faulty["backbone/res4"].isolated.verdict.ok and faulty["backbone/res3"].isolated.verdict.ok
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("preset_name", ["r50_ade20k", "swin_t_coco_panoptic"])
 def test_matcher_losses_and_gradients_within_float32s_band(models, preset_name):
     from mfport.parity.training import GRADIENT_COSINE_BOUND, LOSS_REL_BOUND, run_training_parity
@@ -234,6 +240,7 @@ def test_matcher_losses_and_gradients_within_float32s_band(models, preset_name):
     assert {r.tf_variable for r in result.gradients if r.analytically_zero} == expected_zero
 
 
+@pytest.mark.heavy
 def test_cli_writes_typed_reports_and_the_exit_code_follows_the_verdict(seeded_checkpoint, tmp_path):
     result = run_cli("parity", seeded_checkpoint("r50_ade20k"), "--image-size", "96", "130", "--batch", "1",
                      "--report-dir", tmp_path / "rep", "--json")
@@ -259,6 +266,7 @@ def test_cli_writes_typed_reports_and_the_exit_code_follows_the_verdict(seeded_c
     assert "backbone/res3" in console and "TF vs float64" in console
 
 
+@pytest.mark.heavy
 def test_console_markdown_and_html_render_the_same_rows(models, tmp_path):
     from mfport.parity.report import render_html, render_markdown, tables
 

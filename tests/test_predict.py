@@ -37,6 +37,7 @@ def _reference_predictor(torch_model: object, image: np.ndarray) -> dict:
                                  overlap_threshold=0.5)[0]
 
 
+@pytest.mark.heavy
 @pytest.mark.numerics
 def test_predict_runs_at_the_test_size_and_writes_maps_at_the_image_size(models, converted_dir, tmp_path):
     """A 1600x1200 photo with an ADE20K preset: the network sees 512 on the short side, the maps come back at
@@ -91,6 +92,7 @@ def test_saved_model_predict_original_agrees_with_the_reference_predictor(models
     assert np.mean(out["semantic_map"].numpy() == expected["sem_seg"].argmax(0).numpy()) >= 0.999
 
 
+@pytest.mark.heavy
 def test_predict_names_a_bad_image_and_a_bad_model(converted_dir, tmp_path):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG not really")

@@ -20,6 +20,7 @@ def _sha(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.heavy
 def test_same_seed_same_bytes_other_seed_other_weights(seeded_checkpoint, tmp_path):
     swin = tmp_path / "swin.pkl"
     write_seeded_checkpoint(PRESETS["swin_t_ade20k"], 0, swin)
@@ -48,6 +49,7 @@ def test_same_seed_same_bytes_other_seed_other_weights(seeded_checkpoint, tmp_pa
     assert not np.array_equal(a["backbone.res4.2.conv2.norm.running_var"], b["backbone.res4.2.conv2.norm.running_var"])
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("preset_name", ["r50_ade20k", "r101c_ade20k", "swin_b_ade20k"])
 def test_activations_stay_in_a_sane_range_through_every_stage(seeded_checkpoint, preset_name):
     model, _ = load_maskformer(seeded_checkpoint(preset_name))

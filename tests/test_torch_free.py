@@ -68,8 +68,7 @@ def test_the_core_install_needs_no_torch():
 def test_convert_predict_export_train_evaluate_without_torch(seeded_checkpoint, tmp_path):
     from PIL import Image
 
-    from mfport.tf_maskformer.dataloaders.coco_panoptic_tfrecords import write_panoptic_tfrecords
-    from mfport.tf_maskformer.dataloaders.synthetic_coco_panoptic import write_synthetic_coco_panoptic
+    from mfport.tf_maskformer.dataloaders.coco_panoptic_tfrecords import write_synthetic_records
 
     preset = tiny_preset()
     pkl = seeded_checkpoint(preset)
@@ -78,10 +77,7 @@ def test_convert_predict_export_train_evaluate_without_torch(seeded_checkpoint, 
     image = tmp_path / "image.png"
     Image.fromarray(synthetic_images(1, 1, 90, 120)[0]).save(image)
     data = tmp_path / "data"
-    for split, seed in (("train", 0), ("val", 1)):
-        path = write_synthetic_coco_panoptic(data, split, 4, seed=seed)
-        write_panoptic_tfrecords(data / f"{split}2017", path, data / "annotations" / f"panoptic_{split}2017",
-                                 data / "records", prefix=split, num_shards=1)
+    write_synthetic_records(data, {"train": (4, 0), "val": (4, 1)})
     import yaml
 
     from mfport.tf_maskformer.configs.maskformer import model_config
@@ -106,6 +102,7 @@ def test_convert_predict_export_train_evaluate_without_torch(seeded_checkpoint, 
     assert tf_checkpoint_step(tmp_path / "run") == 2
 
 
+@pytest.mark.heavy
 def test_what_needs_torch_names_the_extra(seeded_checkpoint, tmp_path):
     import torch
 

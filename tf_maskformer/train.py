@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import orbit
 import tensorflow as tf
 from absl import logging
 from official.common import distribute_utils
@@ -121,7 +122,20 @@ class _FollowerCheckpointManager(tf.train.CheckpointManager):
 
 
 class _Runner(train_lib.OrbitExperimentRunner):
-    """The Model Garden's runner with the follower checkpoint manager on non-chief workers."""
+    """The Model Garden's runner with the follower checkpoint manager on non-chief workers, keeping the latest
+    evaluation's logs (through an Orbit eval action: train_and_evaluate returns none)."""
+
+    def __init__(self, **kwargs: object) -> None:
+        self.latest_evaluation: dict = {}  # before super().__init__, which builds the controller
+        super().__init__(**kwargs)
+
+    def _record_evaluation(self, logs: dict | None) -> None:
+        self.latest_evaluation.clear()
+        self.latest_evaluation.update(tf.nest.map_structure(orbit.utils.get_value, logs or {}))
+
+    def _build_controller(self, trainer: object, evaluator: object, **kwargs: object) -> object:
+        kwargs["eval_actions"] = [*(kwargs.get("eval_actions") or []), self._record_evaluation]
+        return super()._build_controller(trainer, evaluator, **kwargs)
 
     def _maybe_build_checkpoint_manager(self) -> tf.train.CheckpointManager | None:
         if not self.trainer.checkpoint or self.strategy.extended.should_checkpoint:
@@ -142,21 +156,6 @@ def worker_name(strategy: tf.distribute.Strategy) -> str:
 def weights_digest(variables: list[tf.Variable]) -> str:
     """sha256 over the variables' bytes in order: equal on every worker of a synchronous job."""
     return hashlib.sha256(b"".join(np.asarray(v.numpy()).tobytes() for v in variables)).hexdigest()
-
-
-def _record_evaluations(controller: object) -> dict:
-    """The logs of the controller's latest evaluation, kept as it runs them (train_and_evaluate returns none)."""
-    latest: dict = {}
-    evaluate = controller.evaluate
-
-    def recording(*args: object, **kwargs: object) -> dict | None:
-        logs = evaluate(*args, **kwargs)
-        latest.clear()
-        latest.update(logs or {})
-        return logs
-
-    controller.evaluate = recording
-    return latest
 
 
 def run(params: cfg.ExperimentConfig, model_dir: str | os.PathLike[str], mode: str = "train") -> dict[str, object]:
@@ -194,12 +193,11 @@ def run(params: cfg.ExperimentConfig, model_dir: str | os.PathLike[str], mode: s
             if mode == "eval":  # the runner's own eval mode discards the logs; its controller returns them
                 eval_logs = runner.controller.evaluate(steps=params.trainer.validation_steps)
             else:
-                evaluations = _record_evaluations(runner.controller)
                 _, eval_logs = runner.run()  # its eval_logs: only those of a post-training evaluation
-                if "eval" in mode and not (eval_logs or evaluations):
+                if "eval" in mode and not (eval_logs or runner.latest_evaluation):
                     # Orbit evaluates inside its training loop only: a run already at train_steps would end with none.
-                    evaluations.update(runner.controller.evaluate(steps=params.trainer.validation_steps) or {})
-                eval_logs = eval_logs or evaluations
+                    runner.controller.evaluate(steps=params.trainer.validation_steps)
+                eval_logs = eval_logs or runner.latest_evaluation
         step = int(trainer.global_step.numpy())
         print(f"{worker_name(strategy)}: step {step}, weights sha256 {weights_digest(trainer.model.variables)}",
               flush=True)

@@ -117,3 +117,17 @@ def write_panoptic_tfrecords(image_dir: str | os.PathLike[str], panoptic_json: s
         return shards[:-1]
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_synthetic_records(root: str | os.PathLike[str], splits: dict[str, tuple[int, int]],
+                            dataset: str = "coco_panoptic_133", num_shards: int = 1) -> Path:
+    """The synthetic COCO panoptic set under ROOT (`splits`: split -> (images, seed)) and its records in
+    ROOT/records as PREFIX=split shards; returns the records directory."""
+    from mfport.tf_maskformer.dataloaders.synthetic_coco_panoptic import write_synthetic_coco_panoptic
+
+    root = Path(root)
+    for split, (count, seed) in splits.items():
+        json_path = write_synthetic_coco_panoptic(root, split, count, seed=seed, dataset=dataset)
+        write_panoptic_tfrecords(root / f"{split}2017", json_path, root / "annotations" / f"panoptic_{split}2017",
+                                 root / "records", prefix=split, num_shards=num_shards)
+    return root / "records"
