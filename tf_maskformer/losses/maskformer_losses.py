@@ -25,10 +25,11 @@ from scipy.optimize import linear_sum_assignment
 
 from mfport.core.presets import MaskFormerPreset
 from mfport.tf_maskformer.losses.hungarian import hungarian_assignment
+from mfport.tf_maskformer.modeling.ops import compiling_with_xla
 from mfport.tf_maskformer.modeling.resize import bilinear_resize_separable, nearest_resize_like_torch
 
 # Compiled on its own so that the solve is one XLA program in eager and graph mode too; inside an
-# XLA-compiled train step it is simply inlined.
+# XLA-compiled train step the solver is traced inline instead (MaskFormerLoss.match).
 _hungarian_xla = tf.function(hungarian_assignment, jit_compile=True)
 
 PaddedTargets = dict[str, tf.Tensor]
@@ -144,6 +145,11 @@ class MaskFormerLoss:
         valid = tf.cast(targets["valid"], tf.bool)
         if self.matcher == "scipy":
             return scipy_assignment(cost, valid)
+        if compiling_with_xla():
+            # Already one XLA program (the train step, a TPU replica): traced inline at this call's static shapes.
+            # Through the tf.function it could reuse a trace of another call with a wildcard batch (an
+            # evaluation's), and the step's graph would carry dynamic shapes.
+            return hungarian_assignment(cost, valid)
         return _hungarian_xla(cost, valid)
 
     def normalisers(self, targets: PaddedTargets, queries: int) -> tuple[tf.Tensor, tf.Tensor]:
