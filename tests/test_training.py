@@ -268,12 +268,12 @@ def test_finetune_falls_resumes_after_a_kill_and_evaluates(dataset: Path, tmp_pa
     common = ["--model-dir", str(model_dir), "--config_file", str(config),
               "--train-data", str(dataset / "records" / "train-*"), "--val-data", str(dataset / "records" / "val-*"),
               "--params_override", "trainer.checkpoint_interval=8"]
+    train = ["train", *common, "--init-from", str(converted), "--steps", "24"]
     runtime = tmp_path / "runtime.yaml"
     runtime.write_text("runtime:\n  distribution_strategy: mirrored\n  num_gpus: 0\n  num_cpu_replicas: 2\n")
-    # Every run on the same runtime: the same XLA program, compiled once (the test command's XLA cache).
-    train = ["train", *common, "--config_file", str(runtime), "--init-from", str(converted), "--steps", "24"]
     with open(tmp_path / "killed.log", "w") as log:
-        killed = subprocess.Popen([*mfport_command(), *train], stdout=log, stderr=subprocess.STDOUT,
+        killed = subprocess.Popen([*mfport_command(), *train, "--config_file", str(runtime)], stdout=log,
+                                  stderr=subprocess.STDOUT,
                                   env=without_xla_cache(dict(os.environ)))  # a kill must not cut a cache file
         deadline = time.monotonic() + 600  # the first checkpoint at step >= 8
         while _latest_checkpoint_step(model_dir) < 8:
