@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import io
 import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # as the mfport command: tf.keras is tf_keras
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -24,7 +27,8 @@ import pytest
 import torch
 
 # XLA programs compiled once per test command, not once per process: the training tests start the same train
-# step in several processes (a killed run, its resume, an evaluation), and the second kernel pass re-runs the
+# step in several processes (a resumed run and the `--require` run after it; the killed run before them goes
+# without the cache, see below), and the second kernel pass re-runs the
 # XLA tests. TF keys each executable by its HLO's fingerprint, so a cache hit is the same program.
 # scripts/test.sh shares one directory between its two pytest runs; a bare pytest gets its own, removed after.
 # TF writes a cache file in place and fails on one it cannot parse, so no two processes may compile into one
@@ -74,20 +78,6 @@ def tiny_preset(num_classes: int = 133, dataset: str | None = "coco_panoptic_133
         num_queries=10, size_divisibility=32, panoptic_on=True, object_mask_threshold=0.8, overlap_threshold=0.8)
 
 
-@contextlib.contextmanager
-def _environment(**values: str):
-    before = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in before.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 @dataclasses.dataclass
 class CliResult:
     returncode: int
@@ -102,7 +92,8 @@ def run_cli(*args: str) -> CliResult:
     out, err = io.StringIO(), io.StringIO()
     # Output to a pipe, as in CI: tables 200 columns wide unless COLUMNS says otherwise, and pytest-xdist's workers
     # run with COLUMNS=80 and LINES=24 set: the width is pinned here.
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), _environment(COLUMNS="200"):
+    width = mock.patch.dict(os.environ, {"COLUMNS": "200"})
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), width:
         try:
             code = main([str(a) for a in args])
         except SystemExit as exit_:  # argparse usage errors
@@ -194,6 +185,48 @@ def tiny(converted_dir, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path,
     return converted_dir(preset), yaml_path
 
 
+@functools.cache
+def _released_state(preset_name: str) -> dict:
+    from mfport.core.naming import to_released
+    from mfport.core.presets import get_preset
+    from mfport.torch_reference.seeded_init import seeded_state_dict
+
+    return {to_released(k): v for k, v in seeded_state_dict(get_preset(preset_name), 0).items()}
+
+
+def light_variant(preset_name: str, directory: Path, name: str,
+                  edit: Callable[[dict], object] = lambda tensors: None) -> Path:
+    """A wrong-input file of a released architecture for the checks on keys, shapes and buffer values, a few MB
+    rather than a 170 MB copy: the seeded tensors (released names) edited, then each tensor of more than 2**16
+    elements written as a broadcast zero (a .pth keeps a view's one-element storage). The checks on the way to
+    the errors these files are for read no value of such a tensor."""
+    import numpy as np
+
+    tensors = dict(_released_state(preset_name))
+    edit(tensors)
+    light = {}
+    for key, value in tensors.items():
+        tensor = torch.from_numpy(np.ascontiguousarray(value))
+        light[key] = torch.zeros((), dtype=tensor.dtype).expand(tensor.shape) if tensor.numel() > 2**16 else tensor
+    path = directory / f"{name}.pth"
+    torch.save({"model": light}, path)
+    return path
+
+
+def seeded_reference(preset: object, seed: int = 0, attention: str = "default") -> tuple[object, dict]:
+    """(PyTorch reference, its state) of the seeded weights, in memory: no checkpoint file."""
+    from mfport.core.presets import get_preset
+    from mfport.torch_reference.loading import load_state_strict
+    from mfport.torch_reference.maskformer import MaskFormer
+    from mfport.torch_reference.seeded_init import seeded_state_dict
+
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    state = seeded_state_dict(preset, seed, attention)
+    torch_model = MaskFormer(preset).eval()
+    load_state_strict(torch_model, state, f"seeded {preset.name} (seed {seed}, {attention} attention)")
+    return torch_model, state
+
+
 @pytest.fixture(scope="session")
 def models():
     """models(preset or name, seed=0, attention="default") -> (PyTorch reference, converted TF model) of the
@@ -202,9 +235,6 @@ def models():
     from mfport.converter.convert import assign_converted
     from mfport.core.presets import get_preset
     from mfport.tf_maskformer.modeling.factory import build_maskformer
-    from mfport.torch_reference.loading import load_state_strict
-    from mfport.torch_reference.maskformer import MaskFormer
-    from mfport.torch_reference.seeded_init import seeded_state_dict
 
     cache: dict[tuple, tuple] = {}
 
@@ -212,12 +242,10 @@ def models():
         preset = get_preset(preset) if isinstance(preset, str) else preset
         key = (preset, seed, attention)
         if key not in cache:
-            source = f"seeded {preset.name} (seed {seed}, {attention} attention)"
-            state = seeded_state_dict(preset, seed, attention)
-            torch_model = MaskFormer(preset).eval()
-            load_state_strict(torch_model, state, source)
+            torch_model, state = seeded_reference(preset, seed, attention)
             tf_model = build_maskformer(preset)
-            assign_converted(tf_model, state, preset, source, consume=True)
+            assign_converted(tf_model, state, preset, f"seeded {preset.name} (seed {seed}, {attention} attention)",
+                             consume=True)
             cache[key] = (torch_model, tf_model)
         return cache[key]
 

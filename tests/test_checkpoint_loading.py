@@ -8,7 +8,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from conftest import one_line_error, run_cli, tiny_preset
+from conftest import light_variant, one_line_error, run_cli, tiny_preset
 from safetensors.numpy import save_file
 
 from mfport.core.checkpoint_io import CheckpointError, read_checkpoint
@@ -70,8 +70,8 @@ def test_fp16_checkpoint_is_read_and_cast(seeded_checkpoint, tmp_path):
 
 
 @pytest.mark.heavy
-def test_checkpoint_of_another_preset_is_refused(seeded_checkpoint):
-    path = seeded_checkpoint("r50_6enc_coco_panoptic")
+def test_checkpoint_of_another_preset_is_refused(tmp_path):
+    path = light_variant("r50_6enc_coco_panoptic", tmp_path, "r50_6enc")
     with pytest.raises(CheckpointMismatchError) as info:
         load_maskformer(path, PRESETS["r50_ade20k"])
     message = str(info.value)

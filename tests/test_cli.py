@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import one_line_error, run_cli
+from conftest import light_variant, one_line_error, run_cli
 
 from mfport.core.presets import PRESETS
 from mfport.torch_reference.maskformer import MaskFormer
@@ -68,15 +68,9 @@ def test_bad_arguments_are_named(tmp_path):
 
 @pytest.mark.heavy
 @pytest.mark.parametrize("verbose", [False, True])
-def test_verbose_prints_the_full_key_report(seeded_checkpoint, tmp_path, verbose):
-    from safetensors.numpy import save_file
-
-    from mfport.core.checkpoint_io import read_checkpoint
-
-    tensors = dict(read_checkpoint(seeded_checkpoint("r50_ade20k")).tensors)
-    tensors.pop("sem_seg_head.predictor.mask_embed.layers.1.bias")
-    path = tmp_path / "removed.safetensors"
-    save_file(tensors, str(path))
+def test_verbose_prints_the_full_key_report(tmp_path, verbose):
+    path = light_variant("r50_ade20k", tmp_path, "removed",
+                         lambda t: t.pop("sem_seg_head.predictor.mask_embed.layers.1.bias"))
     args = (["-v"] if verbose else []) + ["convert", path, "-o", tmp_path / "o", "--preset", "r50_ade20k"]
     result = run_cli(*args)
     assert result.returncode == 1

@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 from mfport.converter.convert import convert_to_tf, convert_to_torch
 from mfport.core.errors import CheckpointError
 from mfport.core.presets import PIXEL_MEAN, PIXEL_STD
+from mfport.tf_maskformer.serving.export import export_saved_model
 from mfport.tf_maskformer.serving.model_dir import load_converted_model
 
 transformers = pytest.importorskip("transformers", reason="transformers is the optional 'hf' extra")
@@ -44,30 +45,46 @@ def _hf_model(backbone: str, num_labels: int = 150) -> torch.nn.Module:
     return model
 
 
+@pytest.fixture(scope="module")
+def hf_converted(tmp_path_factory: pytest.TempPathFactory):
+    """hf_converted(backbone, fmt) -> (the HF state dict, its file converted by mfport, the conversion's result),
+    written once per module (the SavedModel test serves the Swin conversion)."""
+    cache: dict[tuple[str, str], tuple] = {}
+
+    def make(backbone: str, fmt: str) -> tuple:
+        if (backbone, fmt) not in cache:
+            root = tmp_path_factory.mktemp(f"hf_{backbone}")
+            state = {k: v.contiguous() for k, v in _hf_model(backbone).state_dict().items()}
+            path = root / f"model.{fmt}"
+            save_file(state, str(path)) if fmt == "safetensors" else torch.save(state, path)
+            cache[backbone, fmt] = (state, root / "tf", convert_to_tf(path, root / "tf"))
+        return cache[backbone, fmt]
+
+    return make
+
+
+# Each backbone once, in one of transformers' two file formats each (their readers are the checkpoint tests'
+# subject, on the original formats as on these).
 @pytest.mark.heavy
 @pytest.mark.numerics
-@pytest.mark.parametrize(("backbone", "fmt", "preset"), [("resnet", "safetensors", "r50_ade20k"),
-                                                         ("resnet", "bin", "r50_ade20k"),
+@pytest.mark.parametrize(("backbone", "fmt", "preset"), [("resnet", "bin", "r50_ade20k"),
                                                          ("swin", "safetensors", "swin_t_ade20k")])
-def test_hf_checkpoint_converts_both_ways_and_matches_transformers(tmp_path, backbone, fmt, preset):
+def test_hf_checkpoint_converts_both_ways_and_matches_transformers(hf_converted, tmp_path, backbone, fmt, preset):
     hf = _hf_model(backbone)
-    state = {k: v.contiguous() for k, v in hf.state_dict().items()}
-    path = tmp_path / f"model.{fmt}"
-    save_file(state, str(path)) if fmt == "safetensors" else torch.save(state, path)
-    result = convert_to_tf(path, tmp_path / "tf")
+    state, converted, result = hf_converted(backbone, fmt)
     assert result.preset.name == preset and result.naming_era == "huggingface"
     if backbone == "swin":  # HF's unused final layernorm has no counterpart: dropped, and said so
         assert sorted(result.dropped) == ["model.pixel_level_module.encoder.model.layernorm.bias",
                                           "model.pixel_level_module.encoder.model.layernorm.weight"]
     # Back to transformers' names: loads strictly into a fresh HF model, every shared tensor bit-exact.
-    back = convert_to_torch(tmp_path / "tf", tmp_path / "back.safetensors", naming="huggingface")
+    back = convert_to_torch(converted, tmp_path / "back.safetensors", naming="huggingface")
     assert set(back) == set(state)
     fresh = copy.deepcopy(_hf_model(backbone))
     fresh.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in back.items()}, strict=True)
     for key, value in state.items():
         if "num_batches_tracked" not in key and not re.search(r"encoder\.model\.layernorm\.", key):
             assert np.array_equal(back[key], value.numpy()), key
-    model = load_converted_model(tmp_path / "tf")
+    model = load_converted_model(converted)
     pixels = np.random.default_rng(0).normal(size=(2, 3, 128, 160)).astype(np.float32)  # already normalised
     with torch.no_grad():
         expected = hf(pixel_values=torch.from_numpy(pixels))
@@ -81,13 +98,13 @@ def test_hf_checkpoint_converts_both_ways_and_matches_transformers(tmp_path, bac
 
 @pytest.mark.slow
 @pytest.mark.numerics
-def test_hf_swin_through_the_saved_model(tmp_path):
+def test_hf_swin_through_the_saved_model(hf_converted, tmp_path):
     """A transformers MaskFormer-Swin converted by mfport, served by its SavedModel (RGB 0..255 in), gives HF's
     outputs on the same normalised image within 1e-4 of their largest magnitude."""
     hf = _hf_model("swin")
-    save_file({k: v.contiguous() for k, v in hf.state_dict().items()}, str(tmp_path / "hf.safetensors"))
-    convert_to_tf(tmp_path / "hf.safetensors", tmp_path / "tf", saved_model=True)
-    serving = tf.saved_model.load(str(tmp_path / "tf" / "saved_model")).signatures["serving_default"]
+    _, converted, _ = hf_converted("swin", "safetensors")
+    export_saved_model(load_converted_model(converted), tmp_path / "saved_model")
+    serving = tf.saved_model.load(str(tmp_path / "saved_model")).signatures["serving_default"]
     image = np.random.default_rng(3).uniform(0, 255, size=(1, 128, 160, 3)).astype(np.float32)  # no padding
     pixels = ((image - np.array(PIXEL_MEAN, np.float32)) / np.array(PIXEL_STD, np.float32)).transpose(0, 3, 1, 2)
     with torch.no_grad():
