@@ -3,7 +3,8 @@
 Per case the same preset, weights (a converted seeded checkpoint, loaded as `mfport predict` loads it), input
 size, batch and thread count; the modes are measured in interleaved rounds so machine drift hits all alike.
 Targets (XLA forward, batch 1, two threads, against the PyTorch reference): R50 + 6 Enc at 512x512 <= 0.7x;
-Swin-T at 512x512 and Swin-B (window 12) at 640x640 <= 0.8x.
+Swin-T at 512x512 and Swin-B (window 12) at 640x640 <= 0.8x. `met` judges the forward with every output (the
+reference's work); `met_by_inference_forward` the forward that inference runs (final outputs only).
 """
 
 from __future__ import annotations
@@ -47,7 +48,13 @@ def run_case(preset_name: str, height: int, width: int, target: float, all_modes
             return torch_model(torch_images)["pred_masks"]
 
     xla = tf.function(lambda x: tf_model(x, training=False), jit_compile=True)
-    modes = {"pytorch": torch_forward, "tf_xla": lambda: xla(tf_inputs)["pred_masks"].numpy()}
+    # What inference uses (predict, the SavedModel): the final pred_logits and pred_masks. The reference, like the
+    # original, also computes every auxiliary layer's masks at inference; "tf_xla" returns them too (the same
+    # work), "tf_xla_inference" leaves them to XLA's dead-code elimination.
+    inference = tf.function(lambda x: {k: v for k, v in tf_model(x, training=False).items() if k.startswith("pred_")},
+                            jit_compile=True)
+    modes = {"pytorch": torch_forward, "tf_xla": lambda: xla(tf_inputs)["pred_masks"].numpy(),
+             "tf_xla_inference": lambda: inference(tf_inputs)["pred_masks"].numpy()}
     if all_modes:
         graph = tf.function(lambda x: tf_model(x, training=False))
         modes["tf_eager"] = lambda: tf_model(tf_inputs, training=False)["pred_masks"].numpy()
@@ -56,7 +63,8 @@ def run_case(preset_name: str, height: int, width: int, target: float, all_modes
     reference = results["pytorch"]["median_s"]
     ratios = {name: r["median_s"] / reference for name, r in results.items()}
     return {"preset": preset_name, "input": [batch, height, width, 3], "modes": results, "ratio_to_pytorch": ratios,
-            "target": {"tf_xla_ratio_at_most": target, "met": ratios["tf_xla"] <= target}}
+            "target": {"tf_xla_ratio_at_most": target, "met": ratios["tf_xla"] <= target,
+                       "met_by_inference_forward": ratios["tf_xla_inference"] <= target}}
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:

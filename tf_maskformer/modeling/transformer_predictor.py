@@ -69,6 +69,9 @@ class TransformerPredictor(tf_keras.layers.Layer):
         hidden = tf.stack(hidden_states)  # [L, B, Q, C]
         layer_logits = tap("predictor/class_embed", self.class_embed(hidden))
         mask_embed = tap("predictor/mask_embed", self.mask_embed(hidden))
-        layer_masks = tf.einsum("lbqc,bhwc->lbqhw", mask_embed, mask_features)
-        return {"pred_logits": layer_logits[-1], "pred_masks": layer_masks[-1],
-                "layer_logits": layer_logits, "layer_masks": layer_masks}
+        # The final layer's masks apart from the auxiliary layers': a caller that takes only pred_* (serving,
+        # prediction) leaves the auxiliary product unused, and XLA removes it (5 of 6 mask products).
+        pred_masks = tf.einsum("bqc,bhwc->bqhw", mask_embed[-1], mask_features)
+        aux_masks = tf.einsum("lbqc,bhwc->lbqhw", mask_embed[:-1], mask_features)
+        return {"pred_logits": layer_logits[-1], "pred_masks": pred_masks, "layer_logits": layer_logits,
+                "layer_masks": tf.concat([aux_masks, pred_masks[None]], axis=0)}
