@@ -186,15 +186,16 @@ def tiny(converted_dir, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path,
 
 
 @functools.cache
-def _released_state(preset_name: str) -> dict:
+def _released_state(preset: object) -> dict:
     from mfport.core.naming import to_released
     from mfport.core.presets import get_preset
     from mfport.torch_reference.seeded_init import seeded_state_dict
 
-    return {to_released(k): v for k, v in seeded_state_dict(get_preset(preset_name), 0).items()}
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    return {to_released(k): v for k, v in seeded_state_dict(preset, 0).items()}
 
 
-def light_variant(preset_name: str, directory: Path, name: str,
+def light_variant(preset: object, directory: Path, name: str,
                   edit: Callable[[dict], object] = lambda tensors: None) -> Path:
     """A wrong-input file of a released architecture for the checks on keys, shapes and buffer values, a few MB
     rather than a 170 MB copy: the seeded tensors (released names) edited, then each tensor of more than 2**16
@@ -202,7 +203,7 @@ def light_variant(preset_name: str, directory: Path, name: str,
     the errors these files are for read no value of such a tensor."""
     import numpy as np
 
-    tensors = dict(_released_state(preset_name))
+    tensors = dict(_released_state(preset))
     edit(tensors)
     light = {}
     for key, value in tensors.items():

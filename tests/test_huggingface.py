@@ -13,11 +13,10 @@ import tensorflow as tf
 import torch
 from safetensors.torch import save_file
 
-from mfport.converter.convert import convert_to_tf, convert_to_torch
+from mfport.converter.convert import convert_to_tf, convert_to_torch, tf_model_from_checkpoint
 from mfport.core.errors import CheckpointError
 from mfport.core.presets import PIXEL_MEAN, PIXEL_STD
 from mfport.tf_maskformer.serving.export import export_saved_model
-from mfport.tf_maskformer.serving.model_dir import load_converted_model
 
 transformers = pytest.importorskip("transformers", reason="transformers is the optional 'hf' extra")
 
@@ -46,18 +45,16 @@ def _hf_model(backbone: str, num_labels: int = 150) -> torch.nn.Module:
 
 
 @pytest.fixture(scope="module")
-def hf_converted(tmp_path_factory: pytest.TempPathFactory):
-    """hf_converted(backbone, fmt) -> (the HF state dict, its file converted by mfport, the conversion's result),
-    written once per module (the SavedModel test serves the Swin conversion)."""
+def hf_file(tmp_path_factory: pytest.TempPathFactory):
+    """hf_file(backbone, fmt) -> (the HF state dict, its file as transformers saves it), written once per module."""
     cache: dict[tuple[str, str], tuple] = {}
 
     def make(backbone: str, fmt: str) -> tuple:
         if (backbone, fmt) not in cache:
-            root = tmp_path_factory.mktemp(f"hf_{backbone}")
             state = {k: v.contiguous() for k, v in _hf_model(backbone).state_dict().items()}
-            path = root / f"model.{fmt}"
+            path = tmp_path_factory.mktemp(f"hf_{backbone}") / f"model.{fmt}"
             save_file(state, str(path)) if fmt == "safetensors" else torch.save(state, path)
-            cache[backbone, fmt] = (state, root / "tf", convert_to_tf(path, root / "tf"))
+            cache[backbone, fmt] = (state, path)
         return cache[backbone, fmt]
 
     return make
@@ -65,54 +62,65 @@ def hf_converted(tmp_path_factory: pytest.TempPathFactory):
 
 # Each backbone once, in one of transformers' two file formats each (their readers are the checkpoint tests'
 # subject, on the original formats as on these).
+CASES = [("resnet", "bin", "r50_ade20k"), ("swin", "safetensors", "swin_t_ade20k")]
+
+
 @pytest.mark.heavy
-@pytest.mark.numerics
-@pytest.mark.parametrize(("backbone", "fmt", "preset"), [("resnet", "bin", "r50_ade20k"),
-                                                         ("swin", "safetensors", "swin_t_ade20k")])
-def test_hf_checkpoint_converts_both_ways_and_matches_transformers(hf_converted, tmp_path, backbone, fmt, preset):
-    hf = _hf_model(backbone)
-    state, converted, result = hf_converted(backbone, fmt)
+@pytest.mark.parametrize(("backbone", "fmt", "preset"), CASES)
+def test_hf_checkpoint_converts_both_ways_bit_exact(hf_file, tmp_path, backbone, fmt, preset):
+    state, path = hf_file(backbone, fmt)
+    result = convert_to_tf(path, tmp_path / "tf")
     assert result.preset.name == preset and result.naming_era == "huggingface"
     if backbone == "swin":  # HF's unused final layernorm has no counterpart: dropped, and said so
         assert sorted(result.dropped) == ["model.pixel_level_module.encoder.model.layernorm.bias",
                                           "model.pixel_level_module.encoder.model.layernorm.weight"]
     # Back to transformers' names: loads strictly into a fresh HF model, every shared tensor bit-exact.
-    back = convert_to_torch(converted, tmp_path / "back.safetensors", naming="huggingface")
+    back = convert_to_torch(tmp_path / "tf", tmp_path / "back.safetensors", naming="huggingface")
     assert set(back) == set(state)
     fresh = copy.deepcopy(_hf_model(backbone))
     fresh.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in back.items()}, strict=True)
     for key, value in state.items():
         if "num_batches_tracked" not in key and not re.search(r"encoder\.model\.layernorm\.", key):
             assert np.array_equal(back[key], value.numpy()), key
-    model = load_converted_model(converted)
-    pixels = np.random.default_rng(0).normal(size=(2, 3, 128, 160)).astype(np.float32)  # already normalised
-    with torch.no_grad():
-        expected = hf(pixel_values=torch.from_numpy(pixels))
-    got = model(tf.constant(pixels.transpose(0, 2, 3, 1)))
+
+
+def _largest_errors_within(expected: object, got: dict[str, tf.Tensor], bound: float) -> None:
     # Only final outputs: transformers' auxiliary outputs are not the original's. HF scales q @ k^T after the
     # product (the original scales q first): ~1e-6 apart per stage (SWIN.md).
     for a, b in [(expected.class_queries_logits.numpy(), got["pred_logits"].numpy()),
                  (expected.masks_queries_logits.numpy(), got["pred_masks"].numpy())]:
-        assert a.shape == b.shape and np.abs(a - b).max() <= 1e-4 * np.abs(a).max()
+        assert a.shape == b.shape and np.abs(a - b).max() <= bound * np.abs(a).max()
+
+
+@pytest.mark.heavy
+@pytest.mark.numerics
+@pytest.mark.parametrize(("backbone", "fmt", "preset"), CASES)
+def test_hf_checkpoint_converted_gives_transformers_outputs(hf_file, backbone, fmt, preset):
+    """The model mfport builds from the HF file (in memory: the files it writes are the test above's) gives
+    transformers' outputs within 1e-4 of their largest magnitude."""
+    _, path = hf_file(backbone, fmt)
+    model, resolved = tf_model_from_checkpoint(path)
+    assert resolved.name == preset
+    pixels = np.random.default_rng(0).normal(size=(2, 3, 128, 160)).astype(np.float32)  # already normalised
+    with torch.no_grad():
+        expected = _hf_model(backbone)(pixel_values=torch.from_numpy(pixels))
+    _largest_errors_within(expected, model(tf.constant(pixels.transpose(0, 2, 3, 1))), 1e-4)
 
 
 @pytest.mark.slow
 @pytest.mark.numerics
-def test_hf_swin_through_the_saved_model(hf_converted, tmp_path):
+def test_hf_swin_through_the_saved_model(hf_file, tmp_path):
     """A transformers MaskFormer-Swin converted by mfport, served by its SavedModel (RGB 0..255 in), gives HF's
     outputs on the same normalised image within 1e-4 of their largest magnitude."""
-    hf = _hf_model("swin")
-    _, converted, _ = hf_converted("swin", "safetensors")
-    export_saved_model(load_converted_model(converted), tmp_path / "saved_model")
+    _, path = hf_file("swin", "safetensors")
+    model, _ = tf_model_from_checkpoint(path)
+    export_saved_model(model, tmp_path / "saved_model")
     serving = tf.saved_model.load(str(tmp_path / "saved_model")).signatures["serving_default"]
     image = np.random.default_rng(3).uniform(0, 255, size=(1, 128, 160, 3)).astype(np.float32)  # no padding
     pixels = ((image - np.array(PIXEL_MEAN, np.float32)) / np.array(PIXEL_STD, np.float32)).transpose(0, 3, 1, 2)
     with torch.no_grad():
-        expected = hf(pixel_values=torch.from_numpy(pixels))
-    got = serving(images=tf.constant(image))
-    for a, b in [(expected.class_queries_logits.numpy(), got["pred_logits"].numpy()),
-                 (expected.masks_queries_logits.numpy(), got["pred_masks"].numpy())]:
-        assert a.shape == b.shape and np.abs(a - b).max() <= 1e-4 * np.abs(a).max()
+        expected = _hf_model("swin")(pixel_values=torch.from_numpy(pixels))
+    _largest_errors_within(expected, serving(images=tf.constant(image)), 1e-4)
 
 
 @pytest.mark.heavy
