@@ -197,10 +197,10 @@ def _released_state(preset: object) -> dict:
 
 def light_variant(preset: object, directory: Path, name: str,
                   edit: Callable[[dict], object] = lambda tensors: None) -> Path:
-    """A wrong-input file of a released architecture for the checks on keys, shapes and buffer values, a few MB
-    rather than a 170 MB copy: the seeded tensors (released names) edited, then each tensor of more than 2**16
-    elements written as a broadcast zero (a .pth keeps a view's one-element storage). The checks on the way to
-    the errors these files are for read no value of such a tensor."""
+    """A checkpoint of a released (or user-changed) architecture for tests of names, shapes and buffer values, a
+    few MB rather than a 170 MB copy: the seeded tensors (released names) edited, then each tensor of more than
+    2**16 elements written as a broadcast zero (a .pth keeps a view's one-element storage). The wrong-input errors
+    these files are for, and architecture detection, read no value of such a tensor."""
     import numpy as np
 
     tensors = dict(_released_state(preset))
