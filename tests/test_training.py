@@ -301,7 +301,10 @@ def test_finetune_falls_resumes_after_a_kill_and_evaluates(dataset: Path, tmp_pa
     losses = dict(read_scalars(killed_logs, "total_loss")) | dict(rerun)
     assert sorted(losses) == list(range(1, 25))
     values = np.array([losses[step] for step in sorted(losses)])
-    assert values[-6:].mean() < 0.5 * values[:6].mean(), values
+    # The loss falls to a plateau (~30 of a first loss of ~92 here). The last six steps' mean over the first six's
+    # was 0.482 in two runs on this VM, and 0.501 once with the resumed run on two replicas: kernels move it by a
+    # few per cent. A run that does not learn stays near 1; 0.6 tells the two apart on any CPU.
+    assert values[-6:].mean() < 0.6 * values[:6].mean(), values
     evaluation = run_cli("evaluate", *common, "--json")  # in this process: it needs no device set-up of its own
     assert evaluation.returncode == 0, evaluation.stderr[-3000:]
     logs = json.loads(evaluation.stdout.strip().splitlines()[-1])
