@@ -26,7 +26,13 @@ import numpy as np
 from mfport.converter.mappings import MAPPING_VERSION
 from mfport.converter.registry import tf_to_torch, tf_variable_path, torch_to_tf
 from mfport.core.architecture import detect_architecture, resolve_preset
-from mfport.core.checkpoint_io import atomic_write, nonfinite_counts, read_checkpoint, write_detectron2_pickle
+from mfport.core.checkpoint_io import (
+    Checkpoint,
+    atomic_write,
+    nonfinite_counts,
+    read_checkpoint,
+    write_detectron2_pickle,
+)
 from mfport.core.errors import CheckpointError, MfportError, require_torch
 from mfport.core.labels import LabelSet
 from mfport.core.model_dir import MANIFEST, SAVED_MODEL, TF_CHECKPOINT, Manifest, SourceInfo, TensorRecord
@@ -230,14 +236,16 @@ def convert_to_tf(source: str | os.PathLike[str], output: str | os.PathLike[str]
                             records, out.removed, live.dropped)
 
 
-def tf_model_from_checkpoint(source: str | os.PathLike[str], preset: MaskFormerPreset | str | None = None,
-                             policy: str | None = None, labels: LabelSet | None = None
-                             ) -> tuple[object, MaskFormerPreset]:
-    """An in-memory converted TF MaskFormer (no files written), and its preset. `policy` is a Keras
-    mixed-precision policy for it ("mixed_bfloat16": float32 variables, bfloat16 compute, as on TPU)."""
+def tf_model_from_checkpoint(source: str | os.PathLike[str] | Checkpoint,
+                             preset: MaskFormerPreset | str | None = None, policy: str | None = None,
+                             labels: LabelSet | None = None) -> tuple[object, MaskFormerPreset]:
+    """An in-memory converted TF MaskFormer (no files written), and its preset, from a checkpoint file or from
+    tensors already in memory (a `Checkpoint`: a state dict as numpy, under any naming a file may use).
+    `policy` is a Keras mixed-precision policy for it ("mixed_bfloat16": float32 variables, bfloat16 compute,
+    as on TPU)."""
     from mfport.tf_maskformer.modeling.factory import build_maskformer
 
-    checkpoint = read_checkpoint(source)
+    checkpoint = source if isinstance(source, Checkpoint) else read_checkpoint(source)
     state = original_live_state(checkpoint).tensors
     resolved = resolve_preset(state, preset, checkpoint.path, labels)
     model = build_maskformer(resolved, dtype=policy)

