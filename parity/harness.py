@@ -137,8 +137,12 @@ def semantic_row(reference: np.ndarray, exact: np.ndarray | None, tf_map: np.nda
     reference (top-2 scores within the band: FLOAT32_BAND_FACTOR x the scores' float32 error against float64,
     or 1e-5 x their largest magnitude without a float64 run)."""
     ref_map = reference.argmax(1)
-    top2 = np.sort(reference, axis=1)[:, -2:]
-    margin = top2[:, 1] - top2[:, 0]
+    # Top score minus the runner-up (0 at an exact tie): the maximum again with the top entry masked out, the same
+    # values as sorting the class axis of [B, K, H, W] in about half the time.
+    top = np.take_along_axis(reference, ref_map[:, None], axis=1)
+    others = reference.copy()
+    np.put_along_axis(others, ref_map[:, None], -np.inf, axis=1)
+    margin = top[:, 0] - others.max(1)
     if exact is not None:
         band = FLOAT32_BAND_FACTOR * float(np.abs(reference - exact).max())
     else:
