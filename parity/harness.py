@@ -15,6 +15,7 @@ import copy
 import dataclasses
 import platform
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -127,26 +128,22 @@ def _panoptic_quality(reference: np.ndarray, other: np.ndarray, categories: dict
         return float(metric.result()["All_pq"])
 
 
-def _sem_scores(results: list[dict]) -> np.ndarray:
-    return np.stack([r["sem_seg"].double().numpy() for r in results])  # [B, K, H, W]
-
-
-def semantic_row(reference: np.ndarray, exact: np.ndarray | None, tf_map: np.ndarray, profile: Profile,
+def semantic_row(reference: list, exact: list | None, tf_map: np.ndarray, profile: Profile,
                  reference_bf16_agreement: float | None = None) -> SemanticRow:
-    """TF's semantic argmax against PyTorch's scores [B, K, H, W]: differing pixels must sit at near-ties of the
-    reference (top-2 scores within the band: FLOAT32_BAND_FACTOR x the scores' float32 error against float64,
-    or 1e-5 x their largest magnitude without a float64 run)."""
-    ref_map = reference.argmax(1)
-    # Top score minus the runner-up (0 at an exact tie): the maximum again with the top entry masked out, the same
-    # values as sorting the class axis of [B, K, H, W] in about half the time.
-    top = np.take_along_axis(reference, ref_map[:, None], axis=1)
-    others = reference.copy()
-    np.put_along_axis(others, ref_map[:, None], -np.inf, axis=1)
-    margin = top[:, 0] - others.max(1)
-    if exact is not None:
-        band = FLOAT32_BAND_FACTOR * float(np.abs(reference - exact).max())
-    else:
-        band = 1e-5 * float(np.abs(reference).max())
+    """TF's semantic argmax against PyTorch's scores (per image, [K, H, W] tensors): differing pixels must sit at
+    near-ties of the reference (top-2 scores within the band: FLOAT32_BAND_FACTOR x the scores' float32 error
+    against float64, or 1e-5 x their largest magnitude without a float64 run)."""
+    ref_maps, margins, errors = [], [], []
+    for b, scores in enumerate(reference):
+        ref_maps.append(scores.argmax(0).numpy())  # the first maximum, as everywhere else
+        # Top score minus the runner-up (0 at an exact tie), in float64 as the band is; per image and by torch's
+        # top-k over the class axis: no [B, K, H, W] float64 copies (~0.6 GB at 512x512 with 133 classes).
+        top2 = scores.topk(2, dim=0).values.double()
+        margins.append((top2[0] - top2[1]).numpy())
+        errors.append(float((scores.double() - exact[b]).abs().max()) if exact is not None
+                      else 1e-5 * float(scores.abs().max()))
+    ref_map, margin = np.stack(ref_maps), np.stack(margins)
+    band = (FLOAT32_BAND_FACTOR if exact is not None else 1.0) * max(errors)
     differing = tf_map != ref_map
     near = differing & (margin <= band)
     agreement = float(np.mean(~differing))
@@ -163,36 +160,49 @@ def postprocess_rows(torch_model: object, images: np.ndarray, torch_final: dict,
                      profile: Profile = PROFILES["fp32"], exact_final: dict | None = None,
                      torch_bf16_final: dict | None = None) -> tuple[SemanticRow, list[PanopticRow]]:
     """Semantic argmax and panoptic maps of both inference pipelines (preset and low thresholds), each on its own
-    model's raw outputs of the forward already run (and the float64 reference's, for context)."""
+    model's raw outputs of the forward already run (and the float64 reference's, for context). The semantic row
+    is the preset pass's (thresholds do not enter it); the float64 panoptic maps are computed only for a row
+    whose float32 ones disagree with TF's."""
     from mfport.tf_maskformer.modeling.inference import postprocess
 
     preset = torch_model.preset
     sizes = [tuple(images.shape[1:3])] * len(images)
+    exact_outputs = None if exact_final is None else {k: v.double() for k, v in exact_final.items()
+                                                      if k != "aux_outputs"}
     semantic, panoptic = None, []
     for label, thresholds in (("preset", (preset.object_mask_threshold, preset.overlap_threshold)),
                               ("low", LOW_THRESHOLDS)):
-        expected = torch_model.postprocess(torch_final, padded, sizes, object_mask_threshold=thresholds[0],
-                                           overlap_threshold=thresholds[1])
-        exact = None if exact_final is None else torch_model.postprocess(
-            {k: v.double() for k, v in exact_final.items() if k != "aux_outputs"}, padded, sizes,
-            object_mask_threshold=thresholds[0], overlap_threshold=thresholds[1])
-        got = postprocess(tf_final, preset, padded, images.shape[1:3], None, *thresholds)
-        if label == "preset":
+        with_semantic = label == "preset"
+        options = {"object_mask_threshold": thresholds[0], "overlap_threshold": thresholds[1]}
+        expected = torch_model.postprocess(torch_final, padded, sizes, semantic=with_semantic, **options)
+        got = postprocess(tf_final, preset, padded, images.shape[1:3], None, *thresholds, semantic=with_semantic)
+
+        def exact_panoptic(options: dict = options) -> list:
+            return torch_model.postprocess(exact_outputs, padded, sizes, semantic=False, **options)
+
+        if with_semantic:
             own = None
             if torch_bf16_final is not None:  # the reference's own bfloat16 run against its float32 run
                 bf16 = torch_model.postprocess(
-                    {k: v.float() for k, v in torch_bf16_final.items() if k != "aux_outputs"}, padded, sizes)
-                own = float(np.mean(_sem_scores(bf16).argmax(1) == _sem_scores(expected).argmax(1)))
-            semantic = semantic_row(_sem_scores(expected), None if exact is None else _sem_scores(exact),
+                    {k: v.float() for k, v in torch_bf16_final.items() if k != "aux_outputs"}, padded, sizes,
+                    panoptic=False)
+                own = float(np.mean([(low["sem_seg"].argmax(0) == full["sem_seg"].argmax(0)).numpy()
+                                     for low, full in zip(bf16, expected, strict=True)]))
+            exact = None if exact_outputs is None else torch_model.postprocess(exact_outputs, padded, sizes,
+                                                                               panoptic=False)
+            semantic = semantic_row([e["sem_seg"] for e in expected],
+                                    None if exact is None else [e["sem_seg"] for e in exact],
                                     got["semantic_map"].numpy(), profile, own)
-        panoptic.append(_panoptic_row(label, thresholds, expected, exact, got, preset, profile))
+        panoptic.append(_panoptic_row(label, thresholds, expected, None if exact_outputs is None else exact_panoptic,
+                                      got, preset, profile))
     return semantic, panoptic
 
 
-def _panoptic_row(label: str, thresholds: tuple[float, float], expected: list, exact: list | None, got: dict,
-                  preset: MaskFormerPreset, profile: Profile) -> PanopticRow:
+def _panoptic_row(label: str, thresholds: tuple[float, float], expected: list, exact: Callable[[], list] | None,
+                  got: dict, preset: MaskFormerPreset, profile: Profile) -> PanopticRow:
     """TF's panoptic maps against PyTorch's float32 ones; where they differ, against the float64 reference's (a
-    merge decision at a float32 near-tie may go either way: TF then agrees with the exact run)."""
+    merge decision at a float32 near-tie may go either way: TF then agrees with the exact run). `exact` computes
+    the float64 reference's maps, when they are needed."""
 
     def agreement(reference: list) -> tuple[float, int, bool, float]:
         pixels, differing, equal, pqs = [], 0, True, []
@@ -212,7 +222,7 @@ def _panoptic_row(label: str, thresholds: tuple[float, float], expected: list, e
     bound = profile.panoptic_pq_min
     agrees_with = "float32" if equal and (bound is None or pq >= bound) else "neither"
     if agrees_with == "neither" and exact is not None:
-        _, _, exact_equal, exact_pq = agreement(exact)
+        _, _, exact_equal, exact_pq = agreement(exact())
         if exact_equal and (bound is None or exact_pq >= bound):
             agrees_with = "float64"
     verdict = Verdict.REPORTED if bound is None else Verdict.PASS if agrees_with != "neither" else Verdict.FAIL

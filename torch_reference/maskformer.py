@@ -162,8 +162,10 @@ class MaskFormer(nn.Module):
     @torch.no_grad()
     def postprocess(self, outputs: dict[str, object], padded_size: tuple[int, int], sizes: list[tuple[int, int]],
                     output_sizes: list[tuple[int, int]] | None = None, object_mask_threshold: float | None = None,
-                    overlap_threshold: float | None = None) -> list[dict[str, object]]:
-        """The inference of `inference` on raw outputs already computed for a padded batch."""
+                    overlap_threshold: float | None = None, semantic: bool = True, panoptic: bool = True
+                    ) -> list[dict[str, object]]:
+        """The inference of `inference` on raw outputs already computed for a padded batch ("sem_seg" only if
+        `semantic`, "panoptic_seg" only if `panoptic`)."""
         mask_preds = F.interpolate(outputs["pred_masks"], size=padded_size, mode="bilinear", align_corners=False)
         preset = self.preset
         results = []
@@ -172,14 +174,16 @@ class MaskFormer(nn.Module):
             mask_cls = outputs["pred_logits"][b]
             # Crop the padding, then resize to the output size (detectron2's sem_seg_postprocess).
             mask_pred = crop_and_resize(mask_preds[b], (height, width), out_size)
-            if preset.postprocess_before_semantic_inference:
-                sem_seg = semantic_inference(mask_cls, mask_pred)
-            else:  # semantic configs: scores on the padded grid first, then crop and resize them
-                sem_seg = crop_and_resize(semantic_inference(mask_cls, mask_preds[b]), (height, width), out_size)
-            result: dict[str, object] = {"sem_seg": sem_seg}
-            result["panoptic_seg"] = panoptic_inference(
-                mask_cls, mask_pred, preset.num_classes, preset.thing_ids,
-                preset.object_mask_threshold if object_mask_threshold is None else object_mask_threshold,
-                preset.overlap_threshold if overlap_threshold is None else overlap_threshold)
+            result: dict[str, object] = {}
+            if semantic and preset.postprocess_before_semantic_inference:
+                result["sem_seg"] = semantic_inference(mask_cls, mask_pred)
+            elif semantic:  # semantic configs: scores on the padded grid first, then crop and resize them
+                result["sem_seg"] = crop_and_resize(semantic_inference(mask_cls, mask_preds[b]), (height, width),
+                                                    out_size)
+            if panoptic:
+                result["panoptic_seg"] = panoptic_inference(
+                    mask_cls, mask_pred, preset.num_classes, preset.thing_ids,
+                    preset.object_mask_threshold if object_mask_threshold is None else object_mask_threshold,
+                    preset.overlap_threshold if overlap_threshold is None else overlap_threshold)
             results.append(result)
         return results

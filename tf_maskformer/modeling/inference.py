@@ -8,11 +8,13 @@ from __future__ import annotations
 import tensorflow as tf
 
 from mfport.core.presets import MaskFormerPreset
-from mfport.tf_maskformer.modeling.resize import bilinear_resize
+from mfport.tf_maskformer.modeling.resize import bilinear_resize, is_own_size
 
 
 def _resize_masks(masks: tf.Tensor, size: tuple) -> tf.Tensor:
     """[B, Q, h, w] -> [B, Q, H, W], bilinear (align_corners=False)."""
+    if is_own_size(masks.shape[2:4], size):
+        return masks
     return tf.transpose(bilinear_resize(tf.transpose(masks, [0, 2, 3, 1]), size), [0, 3, 1, 2])
 
 
@@ -67,8 +69,9 @@ def panoptic_inference(mask_cls: tf.Tensor, mask_pred: tf.Tensor, num_classes: i
 
 def postprocess(outputs: dict[str, tf.Tensor], preset: MaskFormerPreset, padded_size: tuple, image_size: tuple,
                 output_size: tuple | None = None, object_mask_threshold: float | None = None,
-                overlap_threshold: float | None = None) -> dict[str, tf.Tensor]:
-    """Raw outputs of a batch of equally sized images -> sem_seg [B, H, W, K], semantic map, panoptic.
+                overlap_threshold: float | None = None, semantic: bool = True) -> dict[str, tf.Tensor]:
+    """Raw outputs of a batch of equally sized images -> sem_seg [B, H, W, K], semantic map, panoptic
+    (semantic=False: the panoptic maps alone).
 
     As the original: masks upsampled to the padded input, cropped to the image, resized to the output
     size; semantic configs combine scores on the padded grid before cropping (see the preset).
@@ -81,11 +84,14 @@ def postprocess(outputs: dict[str, tf.Tensor], preset: MaskFormerPreset, padded_
     outputs = {key: tf.cast(outputs[key], tf.float32) for key in ("pred_logits", "pred_masks")}
     masks = _resize_masks(outputs["pred_masks"], padded_size)
     cropped = _resize_masks(masks[:, :, :height, :width], output_size)
-    if preset.postprocess_before_semantic_inference:
-        sem_seg = semantic_inference(outputs["pred_logits"], cropped)
-    else:
-        sem_seg = bilinear_resize(semantic_inference(outputs["pred_logits"], masks)[:, :height, :width], output_size)
-    result = {"sem_seg": sem_seg, "semantic_map": tf.argmax(sem_seg, axis=-1, output_type=tf.int32)}
+    result = {}
+    if semantic:
+        if preset.postprocess_before_semantic_inference:
+            sem_seg = semantic_inference(outputs["pred_logits"], cropped)
+        else:
+            sem_seg = bilinear_resize(semantic_inference(outputs["pred_logits"], masks)[:, :height, :width],
+                                      output_size)
+        result = {"sem_seg": sem_seg, "semantic_map": tf.argmax(sem_seg, axis=-1, output_type=tf.int32)}
     result.update(panoptic_inference(
         outputs["pred_logits"], cropped, preset.num_classes, preset.thing_ids,
         preset.object_mask_threshold if object_mask_threshold is None else object_mask_threshold,

@@ -25,8 +25,18 @@ def nearest_resize_like_torch(x: tf.Tensor, size: tuple[tf.Tensor, tf.Tensor] | 
     return tf.gather(tf.gather(x, rows, axis=1), cols, axis=2)
 
 
+def is_own_size(shape_hw: tuple, size: tuple[int, int] | tf.Tensor) -> bool:
+    """Whether a static (h, w) equals a static target size: a bilinear resize to its own size gives every output
+    pixel its source pixel with weight 1 (and 0 on its neighbour), in both frameworks: the values unchanged, which
+    tf.image.resize would still compute (~0.3 s for 100 masks at 512x512)."""
+    static = isinstance(size, (tuple, list)) and all(isinstance(s, int) for s in size)
+    return static and tuple(shape_hw) == tuple(size)
+
+
 def bilinear_resize(x: tf.Tensor, size: tuple[int, int] | tf.Tensor) -> tf.Tensor:
     """Bilinear, half-pixel centres, no antialiasing: PyTorch's interpolate(align_corners=False)."""
+    if is_own_size(x.shape[1:3], size):
+        return x
     return tf.cast(tf.image.resize(x, size, method="bilinear", antialias=False), x.dtype)
 
 
