@@ -99,3 +99,45 @@ def test_postprocess_crop_resize_order_equals_pytorch(preset_name, monkeypatch):
     seg, segments = torch_result["panoptic_seg"]
     assert np.mean(tf_result["panoptic_seg"][0].numpy() == seg.numpy()) >= 0.9999
     assert len(segments) > 0
+
+
+def test_a_bilinear_resize_to_its_own_size_is_the_identity_in_both_frameworks():
+    """The TF inference skips a resize whose static target equals its input size (the crop of an unpadded batch
+    to its own output size); both resizes it stands for return their input bit for bit."""
+    from mfport.tf_maskformer.modeling.resize import bilinear_resize
+
+    x = np.random.default_rng(0).normal(0, 30, size=(2, 37, 53, 5)).astype(np.float32)
+    resized_tf = tf.image.resize(tf.constant(x), (37, 53), method="bilinear", antialias=False).numpy()
+    resized_torch = torch.nn.functional.interpolate(torch.from_numpy(x.transpose(0, 3, 1, 2)), size=(37, 53),
+                                                    mode="bilinear", align_corners=False).numpy()
+    np.testing.assert_array_equal(resized_tf, x)
+    np.testing.assert_array_equal(resized_torch.transpose(0, 2, 3, 1), x)
+    np.testing.assert_array_equal(bilinear_resize(tf.constant(x), (37, 53)).numpy(), x)
+    np.testing.assert_array_equal(bilinear_resize(tf.constant(x), (38, 53)).numpy(),
+                                  tf.image.resize(tf.constant(x), (38, 53), method="bilinear").numpy())
+
+
+@pytest.mark.parametrize("preset_name", ["r50_ade20k", "r50_6enc_coco_panoptic"])
+def test_postprocess_parts_on_request_equal_the_whole(preset_name):
+    """semantic=False (TF, PyTorch) and panoptic=False (PyTorch), what the parity rows ask for: the parts computed
+    are those of the whole post-processing, the others absent."""
+    preset = PRESETS[preset_name]
+    logits, masks = _raw_outputs(7, 2, 50, preset.num_classes, 24, 32)
+    tf_outputs = {"pred_logits": tf.constant(logits), "pred_masks": tf.constant(masks)}
+    whole = postprocess(tf_outputs, preset, (96, 128), (90, 120), None, 0.3, 0.5)
+    panoptic_only = postprocess(tf_outputs, preset, (96, 128), (90, 120), None, 0.3, 0.5, semantic=False)
+    assert set(panoptic_only) == set(whole) - {"sem_seg", "semantic_map"} and "sem_seg" in whole
+    for key, value in panoptic_only.items():
+        np.testing.assert_array_equal(value.numpy(), whole[key].numpy(), err_msg=key)
+    model = TorchMaskFormer(preset).eval()
+    torch_outputs = {"pred_logits": torch.from_numpy(logits), "pred_masks": torch.from_numpy(masks)}
+    sizes = [(90, 120)] * 2
+    full = model.postprocess(torch_outputs, (96, 128), sizes, object_mask_threshold=0.3, overlap_threshold=0.5)
+    semantic = model.postprocess(torch_outputs, (96, 128), sizes, panoptic=False)
+    panoptic = model.postprocess(torch_outputs, (96, 128), sizes, object_mask_threshold=0.3, overlap_threshold=0.5,
+                                 semantic=False)
+    for b in range(2):
+        assert set(semantic[b]) == {"sem_seg"} and set(panoptic[b]) == {"panoptic_seg"}
+        torch.testing.assert_close(semantic[b]["sem_seg"], full[b]["sem_seg"], rtol=0, atol=0)
+        torch.testing.assert_close(panoptic[b]["panoptic_seg"][0], full[b]["panoptic_seg"][0], rtol=0, atol=0)
+        assert panoptic[b]["panoptic_seg"][1] == full[b]["panoptic_seg"][1]
