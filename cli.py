@@ -254,7 +254,7 @@ def cmd_training_parity(args: argparse.Namespace) -> int:
 
     options = CurveOptions(checkpoint=args.checkpoint, preset=args.preset, train_data=args.train_data,
                            steps=args.steps, batch=args.batch, image_size=tuple(args.image_size),
-                           report_dir=args.report_dir)
+                           report_dir=args.report_dir, float64=args.float64)
     with Progress(console=console(), transient=True) as bar:
         task = bar.add_task("fine-tuning both models", total=1.0)
         curve = run_training_curve(options, lambda what, done: bar.update(task, completed=done,
@@ -437,6 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--image-size", type=int, nargs=2, default=[128, 128], metavar=("H", "W"))
     p.add_argument("--report-dir", help="default reports/training_parity_<preset>")
+    p.add_argument("--float64", action=argparse.BooleanOptionalAction, default=True,
+                   help="judge both float32 runs against a float64 run of the reference (default on); off: against "
+                        "PyTorch's float32 run repeated on another thread count")
     p.set_defaults(func=cmd_training_parity)
 
     p = sub.add_parser("sample-images", help="write seeded real-looking PNG images (demo and test inputs)")

@@ -322,8 +322,7 @@ def curve_table(curve: TrainingCurve) -> Table:
                  Cell(_error(own))])
     height, width = curve.image_size
     return Table(f"loss per step ({curve.steps} steps, batch {curve.batch}, {height}x{width})",
-                 ["step", "lr", "PyTorch", "TF", "TF vs PyTorch", f"PyTorch {curve.threads[1]} vs {curve.threads[0]} "
-                  "thread(s)"], rows)
+                 ["step", "lr", "PyTorch", "TF", *curve.labels], rows)
 
 
 def parameter_table(curve: TrainingCurve, worst: int = 8) -> Table:
@@ -331,11 +330,12 @@ def parameter_table(curve: TrainingCurve, worst: int = 8) -> Table:
     rows = [[Cell(p.name), Cell(_error(p.moved)), Cell(_error(p.tf_drift), p.verdict), Cell(_error(p.float32_drift)),
              Cell(_error(p.bound))] for p in ranked]
     failing = sum(not p.verdict.ok for p in curve.parameters)
+    judge = "float64" if curve.float64 else "PyTorch"
     return Table(f"parameters after the last step: the {len(ranked)} of {len(curve.parameters)} furthest from their "
-                 f"band ({failing} outside)", ["parameter", "moved", "TF vs PyTorch", "PyTorch vs itself", "band"],
-                 rows, note="drift = max |other - PyTorch| / max |PyTorch - start|; the band: the largest of "
-                            f"{curve.band_factor:g} x PyTorch's own drift, 1e-4, and steps x the float32 spacing "
-                            "of the tensor's values over how far it moved")
+                 f"band ({failing} outside)", ["parameter", "moved", *curve.labels, "band"],
+                 rows, note=f"drift = max |other - {judge}| / max |{judge} - start|; the band: the largest of "
+                            f"{curve.band_factor:g} x PyTorch float32's own drift, 1e-4, and steps x the float32 "
+                            "spacing of the tensor's values over how far it moved")
 
 
 def _curve_png(curve: TrainingCurve) -> bytes:
@@ -348,11 +348,15 @@ def _curve_png(curve: TrainingCurve) -> bytes:
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
     left.plot(steps, [r.torch_loss for r in curve.rows], label="PyTorch reference", lw=2.2, color="#1f77b4")
     left.plot(steps, [r.tf_loss for r in curve.rows], label="TensorFlow (mfport)", lw=1.2, ls="--", color="#d62728")
+    if curve.float64:
+        left.plot(steps, [r.float64_loss for r in curve.rows], label="PyTorch float64 (the judge)", lw=1.0, ls=":",
+                  color="#2ca02c")
     left.set(xlabel="step", ylabel="total loss (weighted, with aux layers)", title=f"{curve.preset}: fine-tuning loss")
     left.legend()
-    right.semilogy(steps, [max(r.tf_drift, 1e-12) for r in curve.rows], label="TF vs PyTorch", color="#d62728")
-    right.semilogy(steps, [max(r.float32_drift, 1e-12) for r in curve.rows],
-                   label=f"PyTorch {curve.threads[1]} vs {curve.threads[0]} thread(s) (float32's own)", color="#7f7f7f")
+    tf_label, own_label = curve.labels
+    right.semilogy(steps, [max(r.tf_drift, 1e-12) for r in curve.rows], label=tf_label, color="#d62728")
+    right.semilogy(steps, [max(r.float32_drift, 1e-12) for r in curve.rows], label=f"{own_label} (float32's own)",
+                   color="#7f7f7f")
     right.set(xlabel="step", ylabel="|loss difference| / loss", title="drift per step")
     right.legend()
     figure.tight_layout()
@@ -375,7 +379,8 @@ def write_curve_reports(curve: TrainingCurve, directory: str | Path) -> dict[str
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     paths = {"json": directory / "training_curve.json", "png": directory / "training_curve.png"}
-    payload = {"schema_version": 1, "passed": curve.passed, **to_jsonable(curve)}
+    payload = {"schema_version": 2, "passed": curve.passed, "judged_against": "float64" if curve.float64 else
+               "float32 repeat on other threads", **to_jsonable(curve)}
     atomic_write(paths["json"], lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=1)))
     png = _curve_png(curve)
     atomic_write(paths["png"], lambda tmp: Path(tmp).write_bytes(png))

@@ -5,8 +5,11 @@ PyTorch as the original's targets: each image's non-padding segments), dropout a
 same recipe: torch.optim.AdamW over detectron2's MaskFormer parameter groups (backbone lr x multiplier, no
 decay on norm layers, embeddings and Swin bias tables), full-model clip_grad_norm_, WarmupPolyLR, against
 the Model Garden task's own train step with MaskFormerAdamW and the configured schedule. Compared: the loss
-at every step and, after the last, every parameter (through the registry), each against float32's own
-drift: the same PyTorch run repeated with another thread count, which changes nothing but summation order.
+at every step and, after the last, every parameter (through the registry), by the band rule of the tap rows:
+TF's drift from a float64 run of the reference within FLOAT32_BAND_FACTOR x the float32 reference's own drift
+from it. Without the float64 run (float64=False), float32's own drift is the same float32 run repeated with
+another thread count, which changes nothing but summation order (and understates float32's noise: it leaves
+most roundings as they were).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ class CurveOptions:
     batch: int = 2
     image_size: tuple[int, int] = (128, 128)
     report_dir: str | None = None
+    float64: bool = True  # judge against a float64 run of the reference (else: a float32 repeat, other threads)
 
 
 @dataclasses.dataclass
@@ -58,21 +62,29 @@ class CurveStep:
     step: int
     learning_rate: float
     torch_loss: float
-    torch_other_threads_loss: float
     tf_loss: float
+    float64_loss: float | None  # the float64 reference run's (None without one)
+    other_threads_loss: float | None  # the float32 run repeated on another thread count (None with float64)
+
+    @property
+    def reference_loss(self) -> float:
+        """What both float32 runs are judged against: the float64 run's loss, else PyTorch's float32 one."""
+        return self.torch_loss if self.float64_loss is None else self.float64_loss
 
     @property
     def tf_drift(self) -> float:
-        return abs(self.tf_loss - self.torch_loss) / abs(self.torch_loss)
+        return abs(self.tf_loss - self.reference_loss) / abs(self.reference_loss)
 
     @property
     def float32_drift(self) -> float:
-        return abs(self.torch_other_threads_loss - self.torch_loss) / abs(self.torch_loss)
+        other = self.torch_loss if self.float64_loss is not None else self.other_threads_loss
+        return abs(other - self.reference_loss) / abs(self.reference_loss)
 
 
 @dataclasses.dataclass
 class ParameterDrift:
-    """One trained tensor after the last step: max |other - torch| over max |torch - start| (how far it moved)."""
+    """One trained tensor after the last step: max |other - reference| over max |reference - start| (how far it
+    moved); the reference is the float64 run (else PyTorch's float32 run), `float32_drift` PyTorch float32's."""
 
     name: str
     moved: float
@@ -101,7 +113,7 @@ class TrainingCurve:
     batch: int
     image_size: tuple[int, int]
     recipe: Recipe
-    threads: tuple[int, int]
+    threads: tuple[int, int]  # PyTorch's float32 run's, and the repeat's (the same without one: float64 mode)
     rows: list[CurveStep]
     parameters: list[ParameterDrift]
     loss_verdict: Verdict
@@ -113,9 +125,20 @@ class TrainingCurve:
         return self.loss_verdict.ok and all(p.verdict.ok for p in self.parameters)
 
     @property
+    def float64(self) -> bool:
+        return self.rows[0].float64_loss is not None if self.rows else False
+
+    @property
     def loss_drift(self) -> tuple[float, float]:
         """(TF's, float32's own) largest relative loss difference over the steps."""
         return max(r.tf_drift for r in self.rows), max(r.float32_drift for r in self.rows)
+
+    @property
+    def labels(self) -> tuple[str, str]:
+        """How reports name (TF's drift, float32's own drift)."""
+        if self.float64:
+            return "TF vs float64", "PyTorch fp32 vs float64"
+        return "TF vs PyTorch", f"PyTorch {self.threads[1]} vs {self.threads[0]} thread(s)"
 
 
 # PyTorch: the original's optimiser ------------------------------------------------------------------------------
@@ -160,15 +183,17 @@ def _torch_targets(labels: dict[str, np.ndarray]) -> list[dict[str, object]]:
     return targets
 
 
-def train_torch(model: object, batches: list[tuple[np.ndarray, dict]], recipe: Recipe, threads: int
-                ) -> tuple[list[float], list[float], dict[str, np.ndarray]]:
-    """(loss per step, lr per step, trained parameters) of a copy of `model` on the batches."""
+def train_torch(model: object, batches: list[tuple[np.ndarray, dict]], recipe: Recipe, threads: int,
+                float64: bool = False) -> tuple[list[float], list[float], dict[str, np.ndarray]]:
+    """(loss per step, lr per step, trained parameters) of a copy of `model` on the batches (in float64: the
+    weights widened exactly, images and target masks too; the optimiser's state follows the parameters)."""
     import torch
 
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
+    dtype = torch.float64 if float64 else torch.float32
     try:
-        model = copy.deepcopy(model).eval()  # dropout off; FrozenBN has no training mode
+        model = copy.deepcopy(model).to(dtype).eval()  # dropout off; FrozenBN has no training mode
         groups = torch_parameter_groups(model, recipe)
         optimizer = torch.optim.AdamW(groups, lr=recipe.base_lr)  # betas (0.9, 0.999), eps 1e-8: the original's
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_poly_factor(step, recipe))
@@ -177,8 +202,9 @@ def train_torch(model: object, batches: list[tuple[np.ndarray, dict]], recipe: R
         for images, labels in batches:
             rates.append(max(g["lr"] for g in optimizer.param_groups))
             optimizer.zero_grad(set_to_none=True)
-            outputs = model.forward_padded(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
-            total = sum(model.criterion.weighted(model.criterion(outputs, _torch_targets(labels))).values())
+            outputs = model.forward_padded(torch.from_numpy(images).permute(0, 3, 1, 2).to(dtype).contiguous())
+            targets = [{"labels": t["labels"], "masks": t["masks"].to(dtype)} for t in _torch_targets(labels)]
+            total = sum(model.criterion.weighted(model.criterion(outputs, targets)).values())
             total.backward()
             if recipe.clip_full_model_norm:
                 torch.nn.utils.clip_grad_norm_(parameters, recipe.clip_full_model_norm)
@@ -292,29 +318,42 @@ def run_training_curve(options: CurveOptions, progress: object | None = None) ->
     seconds["tensorflow_s"] = time.perf_counter() - start
 
     threads = torch.get_num_threads()
-    other = 1 if threads > 1 else 2
+    other = threads if options.float64 else 1 if threads > 1 else 2
     start = time.perf_counter()
     torch_losses, torch_rates, trained = train_torch(torch_model, batches, recipe, threads)
     report("PyTorch", 2 / 3)
     seconds["torch_s"] = time.perf_counter() - start
-    repeat_losses, _, repeated = train_torch(torch_model, batches, recipe, other)
-    report(f"PyTorch, {other} thread(s)", 1.0)
+    start = time.perf_counter()
+    if options.float64:
+        # The judge: float64 carries the same arithmetic ~9 digits further, so its distance from a float32 run is
+        # that run's rounding error, amplified by training as much as training amplifies it.
+        reference_losses, _, reference = train_torch(torch_model, batches, recipe, threads, float64=True)
+        report("PyTorch, float64", 1.0)
+        seconds["torch_float64_s"] = time.perf_counter() - start
+    else:
+        reference_losses, _, reference = train_torch(torch_model, batches, recipe, other)
+        report(f"PyTorch, {other} thread(s)", 1.0)
     for index, (tf_rate, torch_rate) in enumerate(zip(tf_rates, torch_rates, strict=True)):
         if not math.isclose(tf_rate, torch_rate, rel_tol=1e-5, abs_tol=1e-12):
             raise MfportError(f"the schedules differ at step {index}: TF lr {tf_rate:.6g}, PyTorch {torch_rate:.6g}",
                               parameter="preset")
 
-    rows = [CurveStep(i, tf_rates[i], torch_losses[i], repeat_losses[i], tf_losses[i]) for i in range(options.steps)]
+    rows = [CurveStep(i, tf_rates[i], torch_losses[i], tf_losses[i],
+                      reference_losses[i] if options.float64 else None,
+                      None if options.float64 else reference_losses[i]) for i in range(options.steps)]
     loss_tf, loss_own = max(r.tf_drift for r in rows), max(r.float32_drift for r in rows)
     loss_verdict = Verdict.PASS if loss_tf <= max(LOSS_FLOOR, FLOAT32_BAND_FACTOR * loss_own) else Verdict.FAIL
     tf_state = tf_to_torch({tf_variable_path(v.name): v.numpy() for v in model.variables}, preset)
     start_values = {n: p.detach().numpy() for n, p in torch_model.named_parameters()}
     parameters = []
     for name, value in trained.items():
-        moved = float(np.abs(value - start_values[name]).max())
+        # Judged against the float64 run (its float32 PyTorch twin's drift the band), else against PyTorch's
+        # float32 run (the repeat's drift the band).
+        judge, own_run = (reference[name], value) if options.float64 else (value, reference[name])
+        moved = float(np.abs(judge - start_values[name]).max())
         scale = moved if moved > 0 else 1.0
-        tf_drift = float(np.abs(tf_state[name] - value).max()) / scale
-        own = float(np.abs(repeated[name] - value).max()) / scale
+        tf_drift = float(np.abs(tf_state[name] - judge).max()) / scale
+        own = float(np.abs(own_run - judge).max()) / scale
         bound = _parameter_bound(own, value, scale, options.steps)
         parameters.append(ParameterDrift(name, moved, tf_drift, own, bound,
                                          Verdict.PASS if tf_drift <= bound else Verdict.FAIL))
