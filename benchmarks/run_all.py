@@ -9,11 +9,11 @@ import argparse
 import json
 import sys
 
-from benchmarks import conversion, forward_latency, matcher, parity_timing, train_step
+from benchmarks import conversion, forward_latency, matcher, parity_timing, train_step, xla_cpu_kernels
 from benchmarks.common import RESULTS
 
 BENCHMARKS = {"forward_latency": forward_latency.main, "train_step": train_step.main, "conversion": conversion.main,
-              "parity_timing": parity_timing.main, "matcher": matcher.main}
+              "parity_timing": parity_timing.main, "matcher": matcher.main, "xla_cpu_kernels": xla_cpu_kernels.main}
 
 
 def summary_rows(results: dict[str, dict]) -> list[tuple[str, str, str, str]]:
@@ -61,6 +61,11 @@ def summary_rows(results: dict[str, dict]) -> list[tuple[str, str, str, str]]:
         rows.append((f"matcher {case}", ", ".join(f"{k} {v['median_ms']:.1f}ms" for k, v in timings.items()),
                      f"in-graph <= {results['matcher']['target']['in_graph_ms_at_most']:.0f} ms",
                      str(results["matcher"]["target"]["met"])))
+    for case, row in results.get("xla_cpu_kernels", {}).get("cases", {}).items():
+        scaling = row.get("xla_two_threads_speedup")
+        rows.append((f"kernel {case}", ", ".join(f"{k} {v['median_s'] * 1e3:.1f}ms" for k, v in row["modes"].items())
+                     + ("" if scaling is None else f"; XLA 2 threads / 1 thread {scaling:.2f}x faster"),
+                     "none: explains the Swin ratios", f"XLA {row['xla_to_pytorch']:.2f}x pytorch"))
     return rows
 
 

@@ -172,8 +172,10 @@ class MaskFormer(nn.Module):
         for b, (height, width) in enumerate(sizes):
             out_size = output_sizes[b] if output_sizes else (height, width)
             mask_cls = outputs["pred_logits"][b]
-            # Crop the padding, then resize to the output size (detectron2's sem_seg_postprocess).
-            mask_pred = crop_and_resize(mask_preds[b], (height, width), out_size)
+            # Crop the padding, then resize to the output size (detectron2's sem_seg_postprocess); semantic configs
+            # without a panoptic pass never read it.
+            needs_mask_pred = panoptic or (semantic and preset.postprocess_before_semantic_inference)
+            mask_pred = crop_and_resize(mask_preds[b], (height, width), out_size) if needs_mask_pred else None
             result: dict[str, object] = {}
             if semantic and preset.postprocess_before_semantic_inference:
                 result["sem_seg"] = semantic_inference(mask_cls, mask_pred)
