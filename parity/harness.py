@@ -140,7 +140,7 @@ def semantic_row(reference: list, exact: list | None, tf_map: np.ndarray, profil
         # top-k over the class axis: no [B, K, H, W] float64 copies (~0.6 GB at 512x512 with 133 classes).
         top2 = scores.topk(2, dim=0).values.double()
         margins.append((top2[0] - top2[1]).numpy())
-        errors.append(float((exact[b] - scores).abs().max()) if exact is not None  # promoted: no float64 copy
+        errors.append(float((scores.double() - exact[b]).abs().max()) if exact is not None
                       else 1e-5 * float(scores.abs().max()))
     ref_map, margin = np.stack(ref_maps), np.stack(margins)
     band = (FLOAT32_BAND_FACTOR if exact is not None else 1.0) * max(errors)
