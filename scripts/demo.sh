@@ -4,7 +4,7 @@
 # agree tap by tap against float32's own accuracy (parity report), segment images as the original predictor
 # does, fine-tune the converted model on the Model Garden trainer, show that fine-tuning learns (overfit
 # check: PQ and mIoU >= 0.8 on the training images) and that it learns what PyTorch would (training-curve
-# parity). About 25-35 minutes on a 2-core CPU; outputs in out/demo/.
+# parity). About 20-35 minutes on a 2-core CPU; outputs in out/demo/.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/ensure_env.sh"
 cd "$MFPORT_ROOT"
